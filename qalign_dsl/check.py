@@ -190,11 +190,20 @@ class _Checker:
     # --- entry point
     def run(self, default_title: str) -> model.Constitution | None:
         items = self.entry.module.items
+        if not items:
+            self.error("QAL008", Span(1, 1, 1, 1),
+                       help="the file is empty; a constitution starts with `qal 1`")
+            return None
         self._check_header(items)
         scales, templates = self._visible_in(self.entry, mark_local=True)
         title, metadata = self._constitution_meta(items, default_title)
         defaults = self._defaults(items)
         principles = self._structure(items)
+        if not principles:
+            end = self.entry.text.count("\n") + 1
+            self.error("QAL105", Span(end, 1, end, 1), kind="constitution", name=title,
+                       children="principles",
+                       help='add one, e.g. `principle "Helpfulness" { dimension "Clarity" { … } }`')
         blocks = {p.id: p for p in principles}
         dims = {d.id: d for p in principles for d in p.dimensions}
 
@@ -223,6 +232,8 @@ class _Checker:
         anchors: dict[str, Span] = {}
         for principle in principles:
             for dimension in principle.dimensions:
+                if not dimension.questions:
+                    continue  # QAL105 already reported; pooling nothing would only add noise
                 pool = self._pool_of(dimension.node.members, defaults.get("dimension"),
                                      "dimension", dimension.id, dimension.node.title.span)
                 scope = _Scope("dimension", f"d:{dimension.id}", dimension=dimension,
@@ -236,6 +247,8 @@ class _Checker:
                         _description(dimension.node.members),
                         tuple(q.id for q in dimension.questions), expr,
                     ))
+            if not principle.dimensions:
+                continue
             pool = self._pool_of(principle.node.members, defaults.get("principle"),
                                  "principle", principle.id, principle.node.title.span)
             scope = _Scope("principle", f"p:{principle.id}", principle=principle,
@@ -363,7 +376,7 @@ class _Checker:
                 elif name.value in their_templates:
                     table, theirs = templates, their_templates[name.value]
                 else:
-                    self.error("QAL108", name.span, file, name=name.value, path=item.path.value,
+                    self.error("QAL108", name.span, file, name=name.value, target=item.path.value,
                                help=_did_you_mean(name.value, [*their_scales, *their_templates]))
                     continue
                 if name.value in table:
@@ -384,7 +397,7 @@ class _Checker:
                  local: bool) -> None:
         if name.value in table:
             first = table[name.value]
-            where = "imported" if first.file is not file else f"first defined at line {first.span.line}"
+            where = "imported" if first.file is not file else f"defined at line {first.span.line}"
             self.error("QAL102", name.span, file, kind=kind, name=name.value,
                        help=f"`{name.value}` is already {where}; rename one of them")
             return
@@ -643,18 +656,18 @@ class _Checker:
                 return None
         qid = f"{dimension_id}.{local}"
         normalized = " ".join(question.text.value.lower().split())
-        if normalized in texts:
+        duplicate_text = normalized in texts
+        if duplicate_text:
             other, other_span = texts[normalized]
             self.error("QAL104", question.text.span,
                        help=f"the same text is question `{other}` at line {other_span.line}")
         else:
             texts[normalized] = (qid, question.text.span)
-        if local in local_ids:
+        if local in local_ids and not duplicate_text:
             self.error("QAL103", span, id=qid,
                        help=f"the first question with this id is at line {local_ids[local].line}; "
                        f"give this one another id with `as NAME`")
-            return None
-        local_ids[local] = span
+        local_ids.setdefault(local, span)
         return _QuestionDraft(question, local, qid, self._weight(given.get("weight")))
 
     def _question(

@@ -81,10 +81,10 @@ _REGISTRY: list[ErrorCode] = [
               "Two questions of one dimension have the same id, given with `as` or derived from "
               "their text (the first four significant words). Ids key caches and diffs, so they "
               "must be unique.",
-              'binary "Does the response avoid harm to people?"\n'
-              'binary "Does the response avoid harm to people and animals?"',
-              'binary "Does the response avoid harm to people?"\n'
-              'binary "Does the response avoid harm to people and animals?" as avoid_all_harm'),
+              'binary "Does the response avoid physical harm to people?"\n'
+              'binary "Does the response avoid physical harm to people or pets?"',
+              'binary "Does the response avoid physical harm to people?"\n'
+              'binary "Does the response avoid physical harm to people or pets?" as avoid_harm_pets'),
     ErrorCode("QAL104", "duplicate-question", _E, "duplicate question text",
               "The same question (ignoring case and spacing) is asked twice; it would be judged "
               "twice and counted twice.",
@@ -94,7 +94,7 @@ _REGISTRY: list[ErrorCode] = [
               "A principle needs at least one dimension and a dimension at least one question; "
               "an empty one has nothing to pool.",
               'dimension "Clarity" { }', 'dimension "Clarity" { binary "Is it clear?" }'),
-    ErrorCode("QAL106", "import-not-found", _E, "cannot import `{path}`: {reason}",
+    ErrorCode("QAL106", "import-not-found", _E, "cannot import `{target}`: {reason}",
               "An `import` names a file that cannot be read. Paths are relative to the "
               "importing file.",
               'import "comon.qal"', 'import "common.qal"'),
@@ -102,7 +102,7 @@ _REGISTRY: list[ErrorCode] = [
               "Files import each other in a loop, so neither can be read first.",
               '# a.qal\nimport "b.qal"\n# b.qal\nimport "a.qal"',
               'move the shared scales and templates into a third file that both import'),
-    ErrorCode("QAL108", "import-name-missing", _E, "`{name}` is not a scale or template of `{path}`",
+    ErrorCode("QAL108", "import-name-missing", _E, "`{name}` is not a scale or template of `{target}`",
               "A selective import names something the imported file does not define.",
               'import "common.qal" (grade, verdikt)', 'import "common.qal" (grade, verdict)'),
     ErrorCode("QAL109", "duplicate-setting", _E, "{what} is set more than once",

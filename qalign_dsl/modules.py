@@ -116,7 +116,7 @@ def _load_imports(
         except SourceUnavailable as error:
             program.diagnostics.append(
                 codes.make("QAL106", source.path, item.path.span, source=source.text,
-                           path=item.path.value, reason=str(error),
+                           target=item.path.value, reason=str(error),
                            help=f"the path is relative to this file's folder (looked for `{target}`)")
             )
             resolved.append((item, None))
