@@ -370,26 +370,29 @@ class _Checker:
                     templates.setdefault(name, _Declared(declared.value, declared.file,
                                                          declared.span, False))
                 continue
-            for name in item.names:
-                if name.value in their_scales:
-                    table, theirs = scales, their_scales[name.value]
-                elif name.value in their_templates:
-                    table, theirs = templates, their_templates[name.value]
+            for imported in item.names:
+                if imported.value in their_scales:
+                    table, theirs = scales, their_scales[imported.value]
+                elif imported.value in their_templates:
+                    table, theirs = templates, their_templates[imported.value]
                 else:
-                    self.error("QAL108", name.span, file, name=name.value, target=item.path.value,
-                               help=_did_you_mean(name.value, [*their_scales, *their_templates]))
+                    self.error("QAL108", imported.span, file, name=imported.value,
+                               target=item.path.value,
+                               help=_did_you_mean(imported.value,
+                                                  [*their_scales, *their_templates]))
                     continue
-                if name.value in table:
-                    self.error("QAL102", name.span, file, kind="import", name=name.value)
+                if imported.value in table:
+                    self.error("QAL102", imported.span, file, kind="import", name=imported.value)
                     continue
-                table[name.value] = _Declared(theirs.value, theirs.file, name.span, mark_local)
-        for item in file.module.items:
-            if isinstance(item, nodes.ScaleDecl):
-                self._declare(scales, item.name, self._scale(item, file), file, "scale",
-                              mark_local)
-            elif isinstance(item, nodes.TemplateDecl):
-                self._declare(templates, item.name, self._template(item, file), file,
-                              "template", mark_local)
+                table[imported.value] = _Declared(theirs.value, theirs.file, imported.span,
+                                                  mark_local)
+        for declaration in file.module.items:
+            if isinstance(declaration, nodes.ScaleDecl):
+                self._declare(scales, declaration.name, self._scale(declaration, file), file,
+                              "scale", mark_local)
+            elif isinstance(declaration, nodes.TemplateDecl):
+                self._declare(templates, declaration.name, self._template(declaration, file),
+                              file, "template", mark_local)
         return scales, templates
 
     def _declare(self, table: dict[str, _Declared], name: nodes.Name,
@@ -752,14 +755,15 @@ class _Checker:
                    help=f"add `pool = …` to the {level}, or `pool {level} = …` to `defaults`")
         return None
 
-    def _pool(self, pool: tuple[nodes.Expr, bool] | None, scope: _Scope, owner: nodes.Node,
+    def _pool(self, pool: tuple[nodes.Expr, bool] | None, scope: _Scope,
+              owner: nodes.Principle | nodes.Dimension,
               blocks: dict[str, _PrincipleDraft], dims: dict[str, _DimensionDraft]
               ) -> model.PoolExpr | None:
         if pool is None:
             return None
         expr, inherited = pool
         if inherited:
-            scope.site = owner.title.span  # type: ignore[attr-defined]
+            scope.site = owner.title.span
         value = self._expr(expr, scope, blocks, dims)
         return self._as_scalar(value, expr, scope, "a pooling rule")
 
@@ -806,7 +810,7 @@ class _Checker:
                     f"give it its own `pool = …`"
             help = f"{help}; {extra}" if help else extra
             span = scope.site
-        self.error(code, span, help=help, **fields)
+        self.error(code, span, None, help=help, **fields)  # type: ignore[arg-type]
 
     def _expr(self, expr: nodes.Expr, scope: _Scope, blocks: dict[str, _PrincipleDraft],
               dims: dict[str, _DimensionDraft]) -> _Value | None:

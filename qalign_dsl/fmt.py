@@ -220,11 +220,12 @@ def string(text: nodes.Text) -> str:
     value = text.value
     if "\n" in value:
         body = value.replace("\\", "\\\\").replace("\r", "\\r")
+        trailing = len(body) - len(body.rstrip('"'))
         escaped = []
         for index, char in enumerate(body):
-            following = body[index + 1] if index + 1 < len(body) else None
-            # A quote next to another quote, or just before the closing quotes, is escaped.
-            if char == '"' and (following in ('"', None)):
+            # Escape only what would end the string: a quote starting a run of three, or
+            # the quotes just before the closing delimiter.
+            if char == '"' and (body[index + 1:index + 3] == '""' or index >= len(body) - trailing):
                 escaped.append('\\"')
             else:
                 escaped.append(char)

@@ -217,11 +217,12 @@ _SYNTAX_EXAMPLES: dict[str, list[str]] = {
 def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnostic:
     if isinstance(error, UnexpectedCharacters):
         line, column = error.line, error.column
-        char = text[error.pos_in_stream] if error.pos_in_stream < len(text) else ""
+        offset = error.pos_in_stream or 0
+        char = text[offset] if offset < len(text) else ""
         if char == '"':
-            end = text.find("\n", error.pos_in_stream)
+            end = text.find("\n", offset)
             end = len(text) if end < 0 else end
-            width = max(end - error.pos_in_stream, 1)
+            width = max(end - offset, 1)
             return codes.make(
                 "QAL003", path, Span(line, column, line, column + width), source=text,
                 help='add the closing `"`; use `"""…"""` for text on several lines',
@@ -544,7 +545,7 @@ class _Builder(Transformer[Token, Any]):
     def keyword_argument(self, meta: Any, children: list[Any]) -> nodes.KeywordArgument:
         return nodes.KeywordArgument(name_of(children[0]), children[1], _span_of(meta))
 
-    def list(self, meta: Any, children: list[Any]) -> nodes.ListExpr:
+    def list_expr(self, meta: Any, children: list[Any]) -> nodes.ListExpr:
         return nodes.ListExpr(tuple(children), _span_of(meta))
 
     def neg(self, meta: Any, children: list[Any]) -> nodes.Expr:

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA, assert_golden
+
 from qalign_dsl import codes
 from qalign_dsl.compiler import check_file
 from qalign_dsl.diagnostics import render_diagnostic
