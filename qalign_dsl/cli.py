@@ -133,7 +133,7 @@ def run_compile(arguments: argparse.Namespace, console: Console) -> int:
             console.print(f"{path}: not compiled ({summarize(result.diagnostics)})", style="red")
             status = EXIT_PROBLEMS
             continue
-        data = ir.dumps(result.document)
+        data = ir.canonical_bytes(result.document)  # validated by finalize
         if arguments.check:
             status = max(status, _check_compiled(console, path, target, data))
             continue

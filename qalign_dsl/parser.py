@@ -48,13 +48,15 @@ def grammar_text() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _lark() -> Lark:
-    return Lark(
-        grammar_text(),
-        parser="lalr",
-        lexer="contextual",
-        propagate_positions=True,
-        maybe_placeholders=False,
+    options: dict[str, Any] = dict(
+        parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=False
     )
+    try:
+        # Lark caches the LALR tables in the temp folder, keyed by the grammar's hash:
+        # ~80 ms off every cold `qalc` start.
+        return Lark(grammar_text(), cache=True, **options)
+    except OSError:  # pragma: no cover - unwritable temp folder
+        return Lark(grammar_text(), **options)
 
 
 def decode_source(data: bytes, path: str) -> tuple[str | None, list[Diagnostic]]:
