@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import ROOT
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
 from qalign_dsl.aggregate import CompiledRubric, Masked
 from qalign_dsl.answers import AnswerError, encode_batch, validate_answers
 from qalign_dsl.cli import main
@@ -343,7 +343,7 @@ def test_bad_lines_are_reported_with_line_numbers(
     out = tmp_path / "out.jsonl"
     assert main(["aggregate", compiled, str(answers), "-o", str(out)]) == 0
     err = capsys.readouterr().err
-    assert f"answers.jsonl:2: " in err and message in err, err
+    assert "answers.jsonl:2: " in err and message in err, err
     assert "1 bad lines skipped" in err
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["ok"]
     assert main(["aggregate", compiled, str(answers), "-o", str(tmp_path / "strict.jsonl"),
