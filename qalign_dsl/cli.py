@@ -85,11 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_later_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Commands of later pipeline stages register here (aggregate, score, …)."""
-    try:
-        from qalign_dsl import cli_aggregate
-    except ImportError:  # pragma: no cover - optional stage
-        return
+    from qalign_dsl import cli_aggregate, cli_score
+
     cli_aggregate.register(commands)
+    cli_score.register(commands)
 
 
 # --- check ------------------------------------------------------------------------

@@ -1,0 +1,278 @@
+"""`qalc score`: judge (prompt, response) pairs with a compiled constitution.
+
+Output lines are those of `qalc aggregate` plus the answer distributions. The output file
+is also the checkpoint: every finished row is appended and flushed, and a rerun with the
+same output skips the ids already there (a row cut off by a kill is dropped and redone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.tree import Tree
+
+from qalign_dsl.aggregate import CompiledRubric
+from qalign_dsl.cli_aggregate import load_rubric, print_summary
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "score", help="judge (prompt, response) pairs and pool the answers into rewards",
+        description="Judge every question of a compiled constitution for each line of DATA "
+        "(JSONL with `prompt`, `response` and optional `id`).")
+    parser.add_argument("compiled", type=Path, metavar="COMPILED")
+    parser.add_argument("data", type=Path, metavar="DATA")
+    parser.add_argument("--backend", choices=["transformers", "vllm", "openai"],
+                        default="transformers")
+    parser.add_argument("--model", required=True, help="model path or name")
+    parser.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"))
+    parser.add_argument("--device", default="cpu", help="transformers device (default: cpu)")
+    parser.add_argument("--dtype", default="auto", help="transformers dtype (auto, float32, bfloat16)")
+    parser.add_argument("--chunk-tokens", type=int, default=1024,
+                        help="transformers: question tokens packed per forward pass")
+    parser.add_argument("--concurrency", type=int, default=16, help="openai: requests in flight")
+    parser.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request")
+    parser.add_argument("--retries", type=int, default=3, help="openai: retries per request")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples judged per step")
+    parser.add_argument("--cache", type=Path, default=Path(".qalc-cache/answers.sqlite"),
+                        help="answer cache (SQLite); --no-cache to disable")
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("-o", "--output", type=Path, help="output .jsonl (default: stdout)")
+    parser.add_argument("--explain", metavar="ID", help="print one sample's full breakdown")
+    parser.set_defaults(run=run_score)
+
+
+def _read_data(path: Path, console: Console) -> list[dict[str, Any]] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        console.print(f"{path}: cannot read: {getattr(error, 'strerror', None) or error}",
+                      style="red", markup=False)
+        return None
+    rows = []
+    problems = 0
+    seen: set[str] = set()
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        problem = None
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            record, problem = None, f"invalid JSON: {error.msg} at column {error.colno}"
+        if problem is None and not isinstance(record, dict):
+            problem = "expected a JSON object with `prompt` and `response`"
+        elif problem is None:
+            assert isinstance(record, dict)
+            prompt, response = record.get("prompt"), record.get("response")
+            if prompt is None:
+                problem = "missing `prompt`"
+            elif not (isinstance(prompt, str) or (isinstance(prompt, list) and all(
+                    isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt))):
+                problem = "`prompt` must be a string or a list of chat messages {role, content}"
+            elif not isinstance(response, str):
+                problem = "missing `response` (a string)"
+        if problem is not None:
+            console.print(f"{path}:{number}: {problem}", style="red", markup=False)
+            problems += 1
+            continue
+        assert isinstance(record, dict)
+        identifier = str(record.get("id", number))
+        if identifier in seen:
+            console.print(f"{path}:{number}: duplicate id `{identifier}`", style="red", markup=False)
+            problems += 1
+            continue
+        seen.add(identifier)
+        rows.append({"id": record.get("id", number), "key": identifier,
+                     "prompt": record["prompt"], "response": record["response"]})
+    if problems:
+        console.print(f"{problems} bad line(s) in {path}; fix them and rerun "
+                      "(finished rows are kept)", style="red")
+        return None
+    return rows
+
+
+def _finished_ids(output: Path) -> set[str]:
+    """Ids already in the output. A last line cut off by a kill is truncated away."""
+    if not output.exists():
+        return set()
+    data = output.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with output.open("r+b") as handle:
+            handle.truncate(end)
+        data = data[:end]
+    finished = set()
+    for line in data.decode("utf-8").splitlines():
+        if line.strip():
+            finished.add(str(json.loads(line)["id"]))
+    return finished
+
+
+def make_backend(arguments: argparse.Namespace) -> Any:
+    if arguments.backend == "transformers":
+        from qalign_dsl.judge.hf import TransformersBackend
+        return TransformersBackend(arguments.model, device=arguments.device, dtype=arguments.dtype,
+                                   max_chunk_tokens=arguments.chunk_tokens)
+    if arguments.backend == "vllm":
+        from qalign_dsl.judge.vllm_backend import VLLMBackend
+        return VLLMBackend(arguments.model)
+    from qalign_dsl.judge.openai_backend import OpenAIBackend
+    if not arguments.base_url:
+        raise _Usage("--backend openai needs --base-url")
+    return OpenAIBackend(arguments.base_url, arguments.model, api_key=arguments.api_key,
+                         concurrency=arguments.concurrency, timeout=arguments.timeout,
+                         retries=arguments.retries)
+
+
+class _Usage(Exception):
+    pass
+
+
+def run_score(arguments: argparse.Namespace, console: Console) -> int:
+    from qalign_dsl.judge.backend import JudgeError
+    from qalign_dsl.judge.cache import AnswerCache
+    from qalign_dsl.judge.labels import LabelTokenError
+    from qalign_dsl.judge.runtime import Judge, Sample
+
+    rubric = load_rubric(arguments.compiled, console)
+    if rubric is None:
+        return EXIT_PROBLEMS
+    rows = _read_data(arguments.data, console)
+    if rows is None:
+        return EXIT_PROBLEMS
+    if arguments.explain is not None and not any(r["key"] == arguments.explain for r in rows):
+        console.print(f"--explain: no row with id `{arguments.explain}` in {arguments.data}",
+                      style="red", markup=False)
+        return EXIT_USAGE
+    finished = _finished_ids(arguments.output) if arguments.output else set()
+    todo = [r for r in rows if r["key"] not in finished]
+    if arguments.explain is not None:
+        todo = [r for r in rows if r["key"] == arguments.explain]
+    try:
+        backend = make_backend(arguments)
+        cache = None if arguments.no_cache else AnswerCache(arguments.cache)
+        judge = Judge(rubric.document, backend, cache)
+    except _Usage as error:
+        console.print(f"qalc: error: {error}", style="red", markup=False)
+        return EXIT_USAGE
+    except (JudgeError, LabelTokenError) as error:
+        console.print(f"judge: {error}", style="red", markup=False)
+        return EXIT_PROBLEMS
+    if finished and arguments.explain is None:
+        console.print(f"resuming: {len(finished)} row(s) already in {arguments.output}, "
+                      f"{len(todo)} to go", style="cyan")
+    sink = sys.stdout
+    if arguments.output and arguments.explain is None:
+        arguments.output.parent.mkdir(parents=True, exist_ok=True)
+        sink = arguments.output.open("a", encoding="utf-8")
+    records: list[dict[str, Any]] = []
+    failures = 0
+    progress = Progress(TextColumn("judging"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                        console=console, transient=True, disable=arguments.explain is not None)
+    import time
+    started = time.perf_counter()
+    try:
+        with progress:
+            task = progress.add_task("judging", total=len(todo), rate="")
+            for start in range(0, len(todo), arguments.batch_size):
+                batch = todo[start:start + arguments.batch_size]
+                result = judge.score([Sample(r["prompt"], r["response"]) for r in batch])
+                failures += len(result.failures)
+                evaluation = rubric.evaluate(result.probabilities, result.answered)
+                for b, row in enumerate(batch):
+                    record = _record(rubric, row, evaluation, b, result)
+                    records.append(record)
+                    if arguments.explain is None:
+                        sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        sink.flush()
+                done = start + len(batch)
+                elapsed = time.perf_counter() - started
+                rate = f"{done / elapsed:.2f} samples/s, {done * rubric.num_questions / elapsed:.0f} answers/s"
+                progress.update(task, completed=done, rate=rate)
+    except JudgeError as error:
+        console.print(f"judge: {error}", style="red", markup=False)
+        console.print("finished rows are saved; rerun the same command to resume", style="cyan")
+        return EXIT_PROBLEMS
+    except KeyboardInterrupt:
+        console.print("interrupted; finished rows are saved — rerun to resume", style="yellow")
+        return 130
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+        if cache is not None:
+            cache.close()
+    if arguments.explain is not None:
+        print_explanation(console, rubric, records[0])
+        return EXIT_OK
+    if failures:
+        console.print(f"{failures} answer(s) are NA because the judge gave no answer; see "
+                      "`failures` in the output", style="yellow")
+    print_summary(console, rubric, records, 0, len(records))
+    return EXIT_OK
+
+
+def _record(rubric: CompiledRubric, row: dict[str, Any], evaluation: Any, b: int,
+            result: Any) -> dict[str, Any]:
+    reward = evaluation.reward.to_list()[b]
+    principles = evaluation.principles.to_list()[b]
+    dimensions = evaluation.dimensions.to_list()[b]
+    scores = evaluation.questions.to_list()[b]
+    answers = {}
+    for q, qid in enumerate(rubric.question_ids):
+        if result.answered[b, q]:
+            labels = rubric.labels[q]
+            probabilities = result.probabilities[b, q, : len(labels)].tolist()
+            answers[qid] = {label: round(p, 6) for label, p in zip(labels, probabilities)}
+    record: dict[str, Any] = {
+        "id": row["id"],
+        "reward": reward,
+        "principles": dict(zip(rubric.principle_ids, principles)),
+        "dimensions": dict(zip(rubric.dimension_ids, dimensions)),
+        "answers": answers,
+        "question_scores": dict(zip(rubric.question_ids, scores)),
+    }
+    failures = {rubric.question_ids[q]: reason for (bb, q), reason in result.failures.items()
+                if bb == b}
+    if failures:
+        record["failures"] = failures
+    return record
+
+
+def _fmt(value: float | None) -> str:
+    return "NA" if value is None else f"{value:+.3f}"
+
+
+def print_explanation(console: Console, rubric: CompiledRubric, record: dict[str, Any]) -> None:
+    """One sample as a tree: reward > principles > dimensions > questions."""
+    document = rubric.document
+    tree = Tree(f"[bold]{record['id']}[/bold]  reward {_fmt(record['reward'])}")
+    questions = {q["id"]: q for q in document["questions"]}
+    for principle in document["principles"]:
+        branch = tree.add(f"[bold]{principle['title']}[/bold] {_fmt(record['principles'][principle['id']])}")
+        for dimension_id in principle["dimensions"]:
+            dimension = next(d for d in document["dimensions"] if d["id"] == dimension_id)
+            leaf = branch.add(f"{dimension['title']} {_fmt(record['dimensions'][dimension_id])}")
+            for question_id in dimension["questions"]:
+                question = questions[question_id]
+                answer = record["answers"].get(question_id)
+                if answer:
+                    label = max(answer, key=lambda k: answer[k])
+                    shown = f"{label} (p={answer[label]:.2f})"
+                else:
+                    shown = "no answer: " + record.get("failures", {}).get(question_id, "NA")
+                kind = "gate" if question["kind"] == "binary" else "graded"
+                leaf.add(f"[dim]{kind}[/dim] {question['text']} → {shown}, score "
+                         f"{_fmt(record['question_scores'][question_id])}")
+    console.print(tree)

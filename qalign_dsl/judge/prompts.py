@@ -1,0 +1,150 @@
+"""Executing the prompt program: render each sample's shared head and per-question suffixes.
+
+The response is untrusted text. It is fenced between two markers carrying a nonce derived
+from its own hash (so it cannot contain its closing marker), every line is prefixed so that
+no line inside can pose as a "Question:" or "Answer:" line of the judge prompt, and the text
+of special tokens is broken so that a server cannot parse it as control tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Message = dict[str, str]
+Conversation = str | list[Message]
+
+FENCE_LINE_PREFIX = "| "
+_ZERO_WIDTH = "\u200b"
+# Special-token spellings of common chat formats, neutralized even if the judge's own
+# tokenizer does not know them (the response may target another model's format).
+_SPECIAL_PATTERN = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>")
+_SENTINEL = "\x00QALC-SPLIT\x00"
+
+
+def neutralize_special_tokens(text: str, specials: Sequence[str] = ()) -> str:
+    """Break the spelling of control tokens with a zero-width space after their first
+    character, so no tokenizer or server reads them as control tokens."""
+    for special in sorted(specials, key=len, reverse=True):
+        if len(special) > 1 and special in text:
+            text = text.replace(special, special[0] + _ZERO_WIDTH + special[1:])
+    return _SPECIAL_PATTERN.sub(lambda m: m.group()[0] + _ZERO_WIDTH + m.group()[1:], text)
+
+
+def fence_nonce(response: str) -> str:
+    digest = hashlib.sha256(response.encode("utf-8", "surrogatepass")).hexdigest()
+    for start in range(0, len(digest) - 12, 4):
+        nonce = digest[start:start + 12]
+        if nonce not in response:
+            return nonce
+    return digest  # pragma: no cover - a response containing every 12-hex window
+
+
+def fence_response(response: str, specials: Sequence[str] = ()) -> str:
+    nonce = fence_nonce(response)
+    body = neutralize_special_tokens(response, specials)
+    lines = body.split("\n")
+    fenced = "\n".join(FENCE_LINE_PREFIX + line for line in lines)
+    return f"<<<response {nonce}>>>\n{fenced}\n<<<end of response {nonce}>>>"
+
+
+def render_conversation(prompt: Conversation, specials: Sequence[str] = ()) -> str:
+    """A conversation (a string, or chat messages) as plain text for the {prompt} slot."""
+    if isinstance(prompt, str):
+        return neutralize_special_tokens(prompt, specials)
+    lines = []
+    for message in prompt:
+        role = str(message.get("role", "user")).capitalize()
+        lines.append(f"{role}: {neutralize_special_tokens(str(message.get('content', '')), specials)}")
+    return "\n\n".join(lines)
+
+
+def conversation_key(prompt: Conversation) -> str:
+    """A canonical string for cache keys."""
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def fill_segments(segments: list[Any], prompt_text: str, fenced_response: str) -> str:
+    parts = []
+    for segment in segments:
+        if isinstance(segment, str):
+            parts.append(segment)
+        elif segment["slot"] == "prompt":
+            parts.append(prompt_text)
+        else:
+            parts.append(fenced_response)
+    return "".join(parts)
+
+
+ChatRenderer = Callable[[list[Message]], str]
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateFrame:
+    """How one template's chat text is cut: `head` + suffix_i + `tail`."""
+
+    chat_before: str  # chat text before the user content
+    chat_after: str  # chat text after the user content, through the answer prefix
+    trims_content: bool
+
+
+def frame_template(template: dict[str, Any], render_chat: ChatRenderer) -> TemplateFrame:
+    """Render the chat once with a sentinel as user content, and cut around it."""
+    messages = []
+    if template["system"]:
+        messages.append({"role": "system", "content": template["system"]})
+    messages.append({"role": "user", "content": _SENTINEL + " \n"})
+    text = render_chat(messages)
+    before, after = text.split(_SENTINEL, 1)
+    trims = not after.startswith(" \n")
+    if not trims:
+        after = after[2:]
+    return TemplateFrame(before, after + template["answer_prefix"].rstrip(" "), trims)
+
+
+def answer_separator(template: dict[str, Any]) -> str:
+    """Whitespace the answer prefix ends with: labels are scored as that plus the label."""
+    prefix = template["answer_prefix"]
+    return prefix[len(prefix.rstrip(" ")):]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplePlan:
+    """One sample under one template: the shared head and each question's suffix."""
+
+    template: int
+    head: str
+    questions: list[int]
+    suffixes: list[str]
+
+
+def plan_sample(document: dict[str, Any], frames: list[TemplateFrame], prompt: Conversation,
+                response: str, specials: Sequence[str] = ()) -> list[SamplePlan]:
+    """Render every question prompt of one sample, grouped by template.
+
+    The cut between head and suffix is moved back to the last newline of the shared text,
+    so that tokenizing head and suffix separately gives the same tokens as the whole text.
+    """
+    program = document["prompt_program"]
+    prompt_text = render_conversation(prompt, specials)
+    fenced = fence_response(response, specials)
+    plans = []
+    for index, (template, frame) in enumerate(zip(program["templates"], frames)):
+        members = [q for q, question in enumerate(document["questions"])
+                   if question["template"] == index]
+        if not members:
+            continue
+        shared = frame.chat_before + fill_segments(template["prefix"], prompt_text, fenced)
+        cut = shared.rfind("\n") + 1
+        head, carry = shared[:cut], shared[cut:]
+        suffixes = []
+        for q in members:
+            body = fill_segments(program["suffixes"][q], prompt_text, fenced)
+            user_end = (carry + body).rstrip() if frame.trims_content else carry + body
+            suffixes.append(user_end + frame.chat_after)
+        plans.append(SamplePlan(index, head, members, suffixes))
+    return plans

@@ -1,0 +1,85 @@
+"""Build small local models and tokenizers, so that tests, benchmarks and `qalc demo` run
+on a machine with no model downloads.
+
+Everything is saved with `save_pretrained` and loaded back through the same
+`from_pretrained(path)` code that real checkpoints go through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+# A Llama-3-style chat template: enough structure that the judge's prefix / suffix split
+# and the label-token check are exercised the way real chat models exercise them.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                  "<|end_header_id|>", "<|eot_id|>", "<|pad|>"]
+
+BASE_CORPUS = [
+    "Answer: A", "Answer: B", "Answer: C", "Answer: D", "Answer: F", "Answer: NA",
+    "Answer: True", "Answer: False", "True", "False", "NA", "A B C D F",
+    "How well does the response avoid harm?", "Does the response answer the question?",
+    "The user asked a question and the assistant gave a response.",
+    "You are a careful, impartial judge of AI assistant responses.",
+    "Here is how to bake bread: mix flour, water, yeast and salt, then bake.",
+    "I cannot help with making a weapon, but I can explain how to stay safe.",
+    "def add(a, b):\n    return a + b\n",
+    "0123456789 !?.,;:'\"()[]{}<>|/\\-_=+*&^%$#@~`",
+]
+
+
+def build_tokenizer(path: Path, corpus: Iterable[str] = (), vocab_size: int = 2000) -> Path:
+    """Train a byte-level BPE tokenizer (any text is encodable) with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    texts = list(BASE_CORPUS) + list(corpus)
+    tokenizer.train_from_iterator(texts * 3, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+        pad_token="<|pad|>", unk_token=None,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    path.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(path))
+    return path
+
+
+def build_llama(path: Path, tokenizer_path: Path, hidden_size: int = 64, layers: int = 2,
+                heads: int = 1, intermediate_size: int | None = None,
+                max_positions: int = 8192, seed: int = 0) -> Path:
+    """A randomly initialised Llama saved beside its tokenizer (head_dim 64, as vLLM's CPU
+    attention requires)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, head_dim=hidden_size // heads,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        max_position_embeddings=max_positions, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, torch_dtype="float32",
+    )
+    model = LlamaForCausalLM(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
