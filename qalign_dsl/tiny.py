@@ -83,3 +83,67 @@ def build_llama(path: Path, tokenizer_path: Path, hidden_size: int = 64, layers:
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path
+
+
+def train_micro_judge(model_path: Path, document: dict, examples: list[tuple[str, str, dict[str, str]]],
+                      steps: int = 200, learning_rate: float = 1e-2, seed: int = 0,
+                      batch_size: int = 16) -> Path:
+    """Teach a tiny judge to give chosen answers on its own prompts, in seconds on a CPU.
+
+    `examples` are (prompt, response, {question id: label}): the judge runtime renders the
+    exact prompts it will later score, and the model learns to put its next-token mass on
+    the wanted label. The trained model is saved back to `model_path`.
+    """
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qalign_dsl.judge.hf import TransformersBackend
+    from qalign_dsl.judge.runtime import Judge
+    from qalign_dsl.judge.prompts import plan_sample
+
+    backend = TransformersBackend(str(model_path))
+    judge = Judge(document, backend)
+    index = {q["id"]: i for i, q in enumerate(document["questions"])}
+    sequences: list[tuple[list[int], int]] = []
+    for prompt, response, wanted in examples:
+        for plan in plan_sample(document, judge.frames, prompt, response, judge.specials):
+            head = backend.encode(plan.head)
+            for q, suffix in zip(plan.questions, plan.suffixes):
+                qid = document["questions"][q]["id"]
+                if qid not in wanted:
+                    continue
+                label = document["questions"][q]["labels"].index(wanted[qid])
+                sequences.append((head + backend.encode(suffix), judge.label_tokens[q][label]))
+    del index
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    # Short warm-up, then linear decay: a high peak rate finds the signal fast, the decay
+    # and clipping keep it from diverging afterwards.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.05, 1 - step / steps))
+    pad = backend.tokenizer.pad_token_id or 0
+    for _ in range(steps):
+        batch = rng.sample(sequences, min(batch_size, len(sequences)))
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad)
+        attention = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, (ids, _) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention[row, : len(ids)] = 1
+        last = torch.tensor([len(ids) - 1 for ids, _ in batch])
+        targets = torch.tensor([label for _, label in batch])
+        logits = model(input_ids=input_ids, attention_mask=attention).logits
+        loss = torch.nn.functional.cross_entropy(logits[torch.arange(len(batch)), last], targets)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    model.save_pretrained(str(model_path))
+    return model_path

@@ -87,7 +87,7 @@ class Judge:
         owners: list[tuple[int, list[int]]] = []
         for b, sample in enumerate(samples):
             keys = self._keys(sample)
-            known = self.cache.get_many(list(keys.values())) if self.cache else {}
+            known = self.cache.get_many(list(keys.values())) if self.cache is not None else {}
             for q, key in keys.items():
                 if key in known:
                     self._store(result, b, q, known[key])
@@ -115,7 +115,7 @@ class Judge:
                 self._store(result, b, q, answer)
                 if not isinstance(answer, str):
                     fresh[keys[q]] = answer
-        if self.cache and fresh:
+        if self.cache is not None and fresh:
             self.cache.put_many(fresh)
         if progress:
             progress(len(samples))
