@@ -36,6 +36,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--model", required=True, help="model path or name")
     parser.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"))
+    parser.add_argument("--tokenizer", help="openai: the judge's tokenizer (default: --model)")
+    parser.add_argument("--top-logprobs", type=int, default=20,
+                        help="openai: logprobs requested per answer (servers allow up to 20 "
+                        "by default)")
     parser.add_argument("--device", default="cpu", help="transformers device (default: cpu)")
     parser.add_argument("--dtype", default="auto", help="transformers dtype (auto, float32, bfloat16)")
     parser.add_argument("--chunk-tokens", type=int, default=1024,
@@ -131,8 +135,9 @@ def make_backend(arguments: argparse.Namespace) -> Any:
     if not arguments.base_url:
         raise _Usage("--backend openai needs --base-url")
     return OpenAIBackend(arguments.base_url, arguments.model, api_key=arguments.api_key,
-                         concurrency=arguments.concurrency, timeout=arguments.timeout,
-                         retries=arguments.retries)
+                         tokenizer=arguments.tokenizer, concurrency=arguments.concurrency,
+                         timeout=arguments.timeout, retries=arguments.retries,
+                         top_logprobs=arguments.top_logprobs)
 
 
 class _Usage(Exception):
