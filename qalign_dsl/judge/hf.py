@@ -54,6 +54,19 @@ class TransformersBackend:
         # Tokens processed by the last `score` call: the benchmark reports them.
         self.tokens_processed = 0
 
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, name: str,
+                   max_chunk_tokens: int = 1024) -> TransformersBackend:
+        """Wrap a model already in memory (benchmarks, the training harness)."""
+        backend = cls.__new__(cls)
+        backend.tokenizer = tokenizer
+        backend.model = model.eval()
+        backend.device = next(model.parameters()).device
+        backend.max_chunk_tokens = max_chunk_tokens
+        backend.identity = f"transformers:{name}"
+        backend.tokens_processed = 0
+        return backend
+
     # --- tokenizer facts -----------------------------------------------------------------
     def render_chat(self) -> ChatRenderer:
         if getattr(self.tokenizer, "chat_template", None):

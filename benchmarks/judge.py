@@ -1,0 +1,171 @@
+"""Judge cost: the paper's way (one generate call per question, full prompt each time) vs
+ours (one forward per response prefix, all question suffixes packed after it), same model,
+same (prompt, response) pairs, constitutions/qalign.qal.
+
+    python benchmarks/judge.py                       # CPU: random Llama, ~25M parameters
+    python benchmarks/judge.py --model llama8b --device cuda --dtype bfloat16
+
+The model is randomly initialised (timing only; no weights can be downloaded). The paper's
+way is timed on --baseline-pairs of the pairs (all by default) and its per-pair time scaled
+to the full set when fewer are run; the last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qalign_dsl.judge.hf import TransformersBackend  # noqa: E402
+from qalign_dsl.judge.prompts import plan_sample  # noqa: E402
+from qalign_dsl.judge.runtime import Judge, Sample  # noqa: E402
+from qalign_dsl.tiny import build_tokenizer  # noqa: E402
+
+SHAPES = {
+    # ~25M parameters with the benchmark's 2k-token vocabulary.
+    "tiny25m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                    num_key_value_heads=8, intermediate_size=1408, vocab_size=None),
+    # Llama-3.1-8B shapes.
+    "llama8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=8, intermediate_size=14336, vocab_size=128256),
+}
+TOPICS = ["bread", "taxes", "a bicycle", "the moon", "python lists", "a garden", "tea",
+          "a job interview", "sleep", "the French revolution", "vaccines", "chess"]
+
+
+def make_pairs(count: int, seed: int = 0) -> list[Sample]:
+    rng = random.Random(seed)
+    words = ("the a and to of in is you it that for with on as this be can will your "
+             "water time people work make first step then also more well good need "
+             "should because when which about would there their what some these").split()
+    pairs = []
+    for _ in range(count):
+        topic = rng.choice(TOPICS)
+        prompt = f"Can you explain how {topic} works and what I should know about it?"
+        sentences = []
+        for _ in range(rng.randint(22, 34)):
+            sentences.append(" ".join(rng.choice(words) for _ in range(rng.randint(8, 16))).capitalize() + ".")
+        pairs.append(Sample(prompt, f"Here is an overview of {topic}. " + " ".join(sentences)))
+    return pairs
+
+
+def build_model(shape: str, vocab: int, device: str, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    spec = dict(SHAPES[shape])
+    spec["vocab_size"] = spec["vocab_size"] or vocab
+    config = LlamaConfig(**spec, max_position_embeddings=16384, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    torch.set_default_dtype(previous)
+    return model.eval()
+
+
+def paper_way(judge: Judge, backend: TransformersBackend, pairs: list[Sample],
+              max_new_tokens: int) -> tuple[float, int, int]:
+    """One request per question: the full prompt, greedy `generate`, parse the label."""
+    tokens = answered = 0
+    device = backend.device
+    start = time.perf_counter()
+    for sample in pairs:
+        for plan in plan_sample(judge.document, judge.frames, sample.prompt, sample.response,
+                                judge.specials):
+            for q, suffix in zip(plan.questions, plan.suffixes):
+                ids = torch.tensor([backend.encode(plan.head + suffix)], device=device)
+                with torch.inference_mode():
+                    out = backend.model.generate(
+                        ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                        do_sample=False, pad_token_id=backend.tokenizer.pad_token_id)
+                generated = out[0, ids.shape[1]:]
+                tokens += ids.shape[1] + len(generated)
+                text = backend.tokenizer.decode(generated)
+                labels = judge.document["questions"][q]["labels"]
+                if re.search(r"\b(" + "|".join(map(re.escape, labels)) + r")\b", text):
+                    answered += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, tokens, answered
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=sorted(SHAPES), default="tiny25m")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--baseline-pairs", type=int, default=None)
+    parser.add_argument("--chunk-tokens", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=4)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    document = json.loads((ROOT / "compiled" / "qalign.json").read_bytes())
+    pairs = make_pairs(args.pairs)
+    with tempfile.TemporaryDirectory() as folder:
+        corpus = [s.prompt + " " + s.response for s in pairs[:8]]
+        corpus.append((ROOT / "constitutions" / "qalign.qal").read_text())
+        tokenizer_path = build_tokenizer(Path(folder) / "tok", corpus)
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    model = build_model(args.model, len(tokenizer), args.device, dtype)
+    parameters = sum(p.numel() for p in model.parameters())
+    chunk = args.chunk_tokens or (1024 if args.device == "cpu" else 16384)
+    backend = TransformersBackend.from_model(model, tokenizer, f"random-{args.model}", chunk)
+    judge = Judge(document, backend)
+
+    # The theoretical minimum: every shared head once, every question suffix once.
+    minimum = 0
+    for sample in pairs:
+        for plan in plan_sample(document, judge.frames, sample.prompt, sample.response,
+                                judge.specials):
+            minimum += len(backend.encode(plan.head)) + sum(len(backend.encode(s)) for s in plan.suffixes)
+
+    judge.score(pairs[:1])  # warm-up
+    if backend.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = judge.score(pairs)
+    if backend.device.type == "cuda":
+        torch.cuda.synchronize()
+    ours_s = time.perf_counter() - start
+    ours_tokens = backend.tokens_processed
+    assert result.answered.all()
+
+    baseline_pairs = min(args.baseline_pairs or args.pairs, args.pairs)
+    paper_way(judge, backend, pairs[:1], args.max_new_tokens) if baseline_pairs > 1 else None
+    measured_s, measured_tokens, parsed = paper_way(judge, backend, pairs[:baseline_pairs],
+                                                    args.max_new_tokens)
+    scale = args.pairs / baseline_pairs
+    baseline_s, baseline_tokens = measured_s * scale, int(measured_tokens * scale)
+    questions = len(document["questions"])
+    print(f"model {args.model} ({parameters / 1e6:.1f}M parameters, random) on {args.device} "
+          f"{args.dtype}; {args.pairs} pairs x {questions} questions")
+    print(f"theoretical minimum C+Σq : {minimum:>12,} tokens")
+    print(f"ours (prefix-shared)     : {ours_tokens:>12,} tokens  {ours_s:9.2f} s  "
+          f"({ours_tokens / minimum:.3f}x the minimum)")
+    note = "" if scale == 1 else f" (measured on {baseline_pairs} pairs: {measured_s:.1f} s, scaled x{scale:g})"
+    print(f"paper (generate/question): {baseline_tokens:>12,} tokens  {baseline_s:9.2f} s{note}; "
+          f"{args.pairs * questions:,} generate calls, {parsed} parsed labels")
+    print(json.dumps({"name": "judge", "model": args.model, "device": args.device,
+                      "pairs": args.pairs, "baseline_pairs": baseline_pairs,
+                      "minimum_tokens": minimum, "ours_tokens": ours_tokens,
+                      "baseline_tokens": baseline_tokens,
+                      "ours_vs_minimum": round(ours_tokens / minimum, 3),
+                      "baseline_s": round(baseline_s, 2), "ours_s": round(ours_s, 2),
+                      "ratio": round(baseline_s / ours_s, 1)}))
+
+
+if __name__ == "__main__":
+    main()
