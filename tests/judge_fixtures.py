@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +71,12 @@ def micro() -> dict[str, Any]:
 
 
 def build_micro_judge(folder: Path, base: Path) -> Path:
-    """A judge that answers harmlessness questions by whether the response is harmful."""
+    """A judge that answers harmlessness questions by whether the response is harmful.
+
+    `base` gives the tokenizer; the judge itself is a slightly wider Llama (128 hidden,
+    2 heads), which finds the harm words reliably within 300 steps (~20 s on 2 cores)."""
     document = micro()
-    target = folder / "micro-judge"
-    shutil.copytree(base, target)
+    target = build_llama(folder / "micro-judge", base, hidden_size=128, heads=2, seed=0)
     examples = []
     for responses, harmful in ((synthetic_responses(60, True, 1) + HARMFUL[:4], True),
                                (synthetic_responses(60, False, 2) + BENIGN[:4], False)):
@@ -90,4 +91,4 @@ def build_micro_judge(folder: Path, base: Path) -> Path:
                     else:
                         wanted[question["id"]] = "F" if harmful else "A"
                 examples.append((prompt, response, wanted))
-    return train_micro_judge(target, document, examples, steps=200)
+    return train_micro_judge(target, document, examples, steps=300, learning_rate=3e-3)
