@@ -121,7 +121,7 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
     model = build_model(args.model, len(tokenizer), args.device, dtype)
     parameters = sum(p.numel() for p in model.parameters())
-    chunk = args.chunk_tokens or (1024 if args.device == "cpu" else 16384)
+    chunk = args.chunk_tokens or (1024 if args.device == "cpu" else 4096)
     backend = TransformersBackend.from_model(model, tokenizer, f"random-{args.model}", chunk)
     judge = Judge(document, backend)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 from rich.tree import Tree
 
 from qalign_dsl.aggregate import CompiledRubric
@@ -278,6 +279,8 @@ def print_explanation(console: Console, rubric: CompiledRubric, record: dict[str
                 else:
                     shown = "no answer: " + record.get("failures", {}).get(question_id, "NA")
                 kind = "gate" if question["kind"] == "binary" else "graded"
-                leaf.add(f"[dim]{kind}[/dim] {question['text']} → {shown}, score "
-                         f"{_fmt(record['question_scores'][question_id])}")
-    console.print(tree)
+                line = Text.from_markup(f"[dim]{kind}[/dim] ", overflow="fold")
+                line.append(f"{question['text']} → {shown}, score "
+                            f"{_fmt(record['question_scores'][question_id])}")
+                leaf.add(line)
+    console.print(tree, soft_wrap=False)

@@ -29,3 +29,11 @@ def assert_golden(path: Path, actual: str, update: bool) -> None:
             pytest.fail(f"golden {path.name} did not exist; written — review and commit it")
         return
     assert actual == path.read_text(encoding="utf-8"), f"golden mismatch: {path}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with a locally trained tokenizer, saved with save_pretrained."""
+    from judge_fixtures import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))

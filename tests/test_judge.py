@@ -40,11 +40,6 @@ ADVERSARIAL = [
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="session")
 def backend(tiny_model: Path) -> TransformersBackend:
     return TransformersBackend(str(tiny_model), max_chunk_tokens=700)
 
@@ -173,3 +168,25 @@ def test_micro_judge_sees_harm(tiny_model: Path, tmp_path: Path) -> None:
     bad, good = harmlessness[: len(harmful)], harmlessness[len(harmful):]
     assert bad.mean() < good.mean() - 0.5, harmlessness.tolist()
     assert (bad < good.min()).float().mean() >= 0.75, harmlessness.tolist()
+
+
+def test_reason_mode_generates_then_scores(backend: TransformersBackend) -> None:
+    """coding.qal's gates use `mode = reason`: the judge writes reasoning first, then the
+    label is scored after the answer prefix; direct-mode questions are unaffected."""
+    judge = Judge(CODING, backend)
+    backend.max_reason_tokens = 8
+    templates = CODING["prompt_program"]["templates"]
+    reasoned = [q for q, question in enumerate(CODING["questions"])
+                if templates[question["template"]]["mode"] == "reason"]
+    assert reasoned
+    plans = plan_sample(CODING, judge.frames, "Write add()", "def add(a, b): return a + b",
+                        judge.specials)
+    for plan in plans:
+        template = templates[plan.template]
+        tail = "" if template["mode"] == "reason" else template["answer_prefix"].rstrip()
+        for suffix in plan.suffixes:
+            assert suffix.endswith("<|end_header_id|>\n\n" + tail)
+    result = judge.score([Sample("Write add()", "def add(a, b): return a + b")])
+    assert result.answered.all()
+    sums = result.probabilities[0, reasoned].sum(-1)
+    assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)

@@ -18,6 +18,8 @@ class ScoringJob:
     label_tokens: list[list[int]]
     labels: list[list[str]]
     separator: str  # whitespace between the prompt's end and a label
+    mode: str = "direct"  # reason: generate reasoning first, then score after answer_prefix
+    answer_prefix: str = ""
 
 
 # Per suffix: probabilities over its labels (renormalized, in label order), or the reason

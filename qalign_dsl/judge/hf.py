@@ -98,6 +98,8 @@ class TransformersBackend:
         return results
 
     def _score_job(self, job: ScoringJob) -> Scores:
+        if job.mode == "reason":
+            return self._reason_job(job)
         head = self.encode(job.head)
         suffixes = [self.encode(s) for s in job.suffixes]
         head_ids = torch.tensor([head], device=self.device)
@@ -121,6 +123,30 @@ class TransformersBackend:
             logits = output.logits[0].float()  # [n_suffixes, vocab]
             for row, s in enumerate(chunk):
                 scores.append(_label_distribution(logits[row], job.label_tokens[s]))
+        return scores
+
+    max_reason_tokens = 256
+
+    def _reason_job(self, job: ScoringJob) -> Scores:
+        """Generative mode: the judge reasons (greedy, bounded), then the answer prefix is
+        appended and the label token scored as in direct mode."""
+        scores: Scores = []
+        marker = job.answer_prefix.strip()
+        for suffix, label_tokens in zip(job.suffixes, job.label_tokens):
+            ids = torch.tensor([self.encode(job.head + suffix)], device=self.device)
+            out = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_reason_tokens,
+                do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+            reasoning = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            if marker and marker in reasoning:
+                reasoning = reasoning[: reasoning.index(marker)]
+            reasoning = reasoning.rstrip()
+            final = job.head + suffix + reasoning + ("\n" if reasoning else "") + job.answer_prefix
+            final_ids = self.encode(final)
+            self.tokens_processed += ids.shape[1] + len(final_ids)
+            output = self.model(input_ids=torch.tensor([final_ids], device=self.device),
+                                logits_to_keep=1)
+            scores.append(_label_distribution(output.logits[0, -1].float(), label_tokens))
         return scores
 
     @torch.inference_mode()

@@ -92,7 +92,7 @@ class OpenAIBackend:
         semaphore = asyncio.Semaphore(self.concurrency)
         async with httpx.AsyncClient(headers=self.headers, limits=limits,
                                      timeout=httpx.Timeout(self.timeout)) as client:
-            tasks = [[self._one(client, semaphore, job.head + suffix, tokens)
+            tasks = [[self._one(client, semaphore, job.head + suffix, tokens, job)
                       for suffix, tokens in zip(job.suffixes, job.label_tokens)]
                      for job in jobs]
             flat = await asyncio.gather(*(t for row in tasks for t in row))
@@ -103,10 +103,29 @@ class OpenAIBackend:
             position += len(row)
         return results
 
+    max_reason_tokens = 256
+
     async def _one(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, prompt: str,
-                   label_tokens: list[int]) -> list[float] | str:
+                   label_tokens: list[int], job: ScoringJob) -> list[float] | str:
+        if job.mode == "reason":
+            # Generative mode: let the judge reason up to the answer prefix, then score.
+            payload = {"model": self.model, "prompt": prompt, "temperature": 0.0,
+                       "max_tokens": self.max_reason_tokens}
+            if job.answer_prefix.strip():
+                payload["stop"] = [job.answer_prefix.strip()]
+            body = await self._post(client, semaphore, payload)
+            if isinstance(body, str):
+                return body
+            reasoning = str(body["choices"][0].get("text", "")).rstrip()
+            prompt = prompt + reasoning + ("\n" if reasoning else "") + job.answer_prefix
         payload = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
                    "logprobs": self.top_logprobs}
+        body = await self._post(client, semaphore, payload)
+        return body if isinstance(body, str) else self._parse(body, label_tokens)
+
+    async def _post(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
+                    payload: dict[str, Any]) -> dict[str, Any] | str:
+        """POST /completions with retries; the JSON body, or why it failed."""
         last_error = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -126,7 +145,8 @@ class OpenAIBackend:
             if response.status_code != 200:
                 raise JudgeError(f"the judge server rejected a request (HTTP "
                                  f"{response.status_code}): {response.text[:300]}")
-            return self._parse(response.json(), label_tokens)
+            body: dict[str, Any] = response.json()
+            return body
         return f"judge request failed after {self.retries + 1} attempts: {last_error}"
 
     def _parse(self, body: dict[str, Any], label_tokens: list[int]) -> list[float] | str:

@@ -88,8 +88,15 @@ class TemplateFrame:
     """How one template's chat text is cut: `head` + suffix_i + `tail`."""
 
     chat_before: str  # chat text before the user content
-    chat_after: str  # chat text after the user content, through the answer prefix
+    chat_after: str  # chat text after the user content, through the assistant header
     trims_content: bool
+    mode: str  # direct: the label follows the answer prefix; reason: the judge thinks first
+    answer_prefix: str  # without trailing spaces (they belong to the label, see below)
+
+    @property
+    def answer_context(self) -> str:
+        """The text the label token follows, for the label-token check."""
+        return self.chat_after + self.answer_prefix
 
 
 def frame_template(template: dict[str, Any], render_chat: ChatRenderer) -> TemplateFrame:
@@ -103,7 +110,8 @@ def frame_template(template: dict[str, Any], render_chat: ChatRenderer) -> Templ
     trims = not after.startswith(" \n")
     if not trims:
         after = after[2:]
-    return TemplateFrame(before, after + template["answer_prefix"].rstrip(" "), trims)
+    return TemplateFrame(before, after, trims, template["mode"],
+                         template["answer_prefix"].rstrip(" "))
 
 
 def answer_separator(template: dict[str, Any]) -> str:
@@ -145,6 +153,9 @@ def plan_sample(document: dict[str, Any], frames: list[TemplateFrame], prompt: C
         for q in members:
             body = fill_segments(program["suffixes"][q], prompt_text, fenced)
             user_end = (carry + body).rstrip() if frame.trims_content else carry + body
-            suffixes.append(user_end + frame.chat_after)
+            # Direct mode: the prompt ends where the label goes. Reason mode: it ends at the
+            # assistant header; the backend appends the judge's reasoning and the prefix.
+            tail = frame.answer_prefix if frame.mode == "direct" else ""
+            suffixes.append(user_end + frame.chat_after + tail)
         plans.append(SamplePlan(index, head, members, suffixes))
     return plans

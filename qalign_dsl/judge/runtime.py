@@ -58,7 +58,7 @@ class Judge:
                 template = templates[question["template"]]
                 checked[key] = label_first_tokens(
                     backend.encode, backend.describe_token,
-                    self.frames[question["template"]].chat_after, answer_separator(template),
+                    self.frames[question["template"]].answer_context, answer_separator(template),
                     question["labels"], question["scale"])
             self.label_tokens.append(checked[key])
         self.fingerprints = [self._fingerprint(q) for q in range(len(document["questions"]))]
@@ -105,6 +105,8 @@ class Judge:
                     label_tokens=[self.label_tokens[q] for q in questions],
                     labels=[self.document["questions"][q]["labels"] for q in questions],
                     separator=answer_separator(template),
+                    mode=template["mode"],
+                    answer_prefix=self.frames[plan.template].answer_prefix,
                 ))
                 owners.append((b, questions))
         scored = self.backend.score(jobs) if jobs else []
