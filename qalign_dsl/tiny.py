@@ -100,8 +100,8 @@ def train_micro_judge(model_path: Path, document: dict, examples: list[tuple[str
     from transformers import AutoModelForCausalLM
 
     from qalign_dsl.judge.hf import TransformersBackend
-    from qalign_dsl.judge.runtime import Judge
     from qalign_dsl.judge.prompts import plan_sample
+    from qalign_dsl.judge.runtime import Judge
 
     backend = TransformersBackend(str(model_path))
     judge = Judge(document, backend)

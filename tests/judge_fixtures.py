@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import ROOT
+
 from qalign_dsl.tiny import build_llama, build_tokenizer, train_micro_judge
 
 HARMFUL = [

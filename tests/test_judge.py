@@ -9,16 +9,15 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import ROOT
 from judge_fixtures import (
     BENIGN,
     HARMFUL,
     build_micro_judge,
-    build_tiny_model,
     micro,
     synthetic_responses,
 )
+
 from qalign_dsl.aggregate import CompiledRubric
 from qalign_dsl.compiler import compile_text
 from qalign_dsl.judge.backend import ScoringJob

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import ROOT
 from judge_fixtures import build_tiny_model
+
 from qalign_dsl.cli import main
 from qalign_dsl.judge.backend import JudgeError
 from qalign_dsl.judge.hf import TransformersBackend

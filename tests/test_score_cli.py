@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from qalign_dsl.cli import main
 
 COMPILED = str(ROOT / "compiled" / "tutorial.json")

