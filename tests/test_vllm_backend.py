@@ -31,7 +31,7 @@ def test_vllm_offline_matches_transformers(tiny_model: Path) -> None:
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
     )
-    lines = [l for l in completed.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     assert completed.returncode == 0 and lines, completed.stderr[-3000:]
     remote = json.loads(lines[0][len("RESULT "):])
     document = json.loads(compiled.read_bytes())
