@@ -76,7 +76,7 @@ def build_llama(path: Path, tokenizer_path: Path, hidden_size: int = 64, layers:
         intermediate_size=intermediate_size or 2 * hidden_size,
         max_position_embeddings=max_positions, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, torch_dtype="float32",
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
     path.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ class TransformersBackend:
             kwargs: dict[str, Any] = {"dtype": torch_dtype}
             if attn_implementation:
                 kwargs["attn_implementation"] = attn_implementation
-            self.model = AutoModelForCausalLM.from_pretrained(model, **kwargs).to(device)
+            self.model = AutoModelForCausalLM.from_pretrained(model, **kwargs).to(device)  # type: ignore[arg-type]
         except (OSError, ValueError) as error:
             raise JudgeError(f"cannot load judge model `{model}`: {error}") from None
         self.model.eval()
@@ -137,7 +137,7 @@ class TransformersBackend:
             out = self.model.generate(
                 ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_reason_tokens,
                 do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
-            reasoning = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            reasoning = str(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
             if marker and marker in reasoning:
                 reasoning = reasoning[: reasoning.index(marker)]
             reasoning = reasoning.rstrip()
