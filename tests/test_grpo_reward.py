@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import ROOT
+
 from qalign_dsl.aggregate import CompiledRubric
 from qalign_dsl.compiler import compile_text
 from qalign_dsl.judge.hf import TransformersBackend
