@@ -98,6 +98,8 @@ def test_none_penalty_returns_none(judge_backend: TransformersBackend) -> None:
     doc = document(WITH_REVISION)
     reward = QalignReward(doc, Judge(doc, judge_backend), format_penalty=None)
     assert reward(prompts=["Hi"], completions=["plain text"]) == [None]
+    with pytest.raises(ValueError, match="1 prompts for 2 completions"):
+        reward(prompts=["Hi"], completions=["a", "b"])
 
 
 @pytest.mark.parametrize("conversational", [False, True], ids=["standard", "conversational"])

@@ -42,6 +42,9 @@ class QalignReward:
                  log_metric: Callable[[str, float], None] | None = None,
                  log_extra: Callable[[str, list[Any]], None] | None = None,
                  **kwargs: Any) -> list[float | None]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"QalignReward got {len(prompts)} prompts for {len(completions)} "
+                             "completions; pass one prompt per completion")
         rewards: list[float | None] = [None] * len(completions)
         drafts: list[tuple[int, Sample]] = []
         revisions: list[tuple[int, Sample]] = []
