@@ -11,12 +11,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 # A Llama-3-style chat template: enough structure that the judge's prefix / suffix split
-# and the label-token check are exercised the way real chat models exercise them.
+# and the label-token check are exercised the way real chat models exercise them. The
+# generation markers let TRL train on assistant tokens only (assistant_only_loss).
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
-    "{{ message['content'] | trim }}<|eot_id|>"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] | trim }}<|eot_id|>{% endgeneration %}"
+    "{% else %}{{ message['content'] | trim }}<|eot_id|>{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )

@@ -1,0 +1,121 @@
+"""`qalc synth`: rubric-guided draft → reflection → revision rows, resumable, SFT-ready."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from qalign_dsl.cli import main
+from qalign_dsl.judge.hf import TransformersBackend
+from qalign_dsl.judge.runtime import Judge
+from qalign_dsl.training.completions import split_completion
+from qalign_dsl.training.synth import HFGenerator, synthesize, template_reflection
+
+COMPILED = ROOT / "compiled" / "tutorial.json"
+DOCUMENT = json.loads(COMPILED.read_bytes())
+
+
+def write_prompts(path: Path, count: int) -> Path:
+    rows = [{"id": f"p{i}", "prompt": f"Tell me about topic number {i}."} for i in range(count)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_reflection_names_failed_gates_then_low_grades() -> None:
+    questions = DOCUMENT["questions"]
+    scores = [1.0] * len(questions)
+    failed = [False] * len(questions)
+    gate = next(i for i, q in enumerate(questions) if q["kind"] == "binary")
+    low = next(i for i, q in enumerate(questions) if q["kind"] == "graded")
+    failed[gate] = True
+    scores[low] = -0.5
+    text = template_reflection(DOCUMENT, scores, failed)
+    lines = text.split("\n")
+    assert questions[gate]["text"] in lines[1] and questions[low]["text"] in lines[2]
+    assert "meets every requirement" in template_reflection(DOCUMENT, [1.0] * len(questions),
+                                                            [False] * len(questions))
+
+
+def test_rows_follow_the_output_format_and_the_margin(tiny_model: Path) -> None:
+    judge = Judge(DOCUMENT, TransformersBackend(str(tiny_model)))
+    policy = HFGenerator(str(tiny_model), max_new_tokens=8, temperature=1.0)
+    items = [("a", "How do I bake bread?"), ("b", [{"role": "user", "content": "Hi"}])]
+    keep_all = synthesize(DOCUMENT, judge, policy, policy, items, margin=-1e9)
+    keep_none = synthesize(DOCUMENT, judge, policy, policy, items, margin=1e9)
+    assert all(r.kept for r in keep_all) and not any(r.kept for r in keep_none)
+    for row in keep_all:
+        messages = row.record["messages"]
+        assert messages[-1]["role"] == "assistant"
+        tags = {"draft": "draft", "reflection": "reflection", "revision": "revision"}
+        text = messages[-1]["content"]
+        assert text.count("<reflection>") == 1 and ("falls short" in text or "meets every" in text)
+        provenance = row.record["provenance"]
+        assert provenance["ir_hash"] == DOCUMENT["hash"] and provenance["critic"] == "template"
+        assert {"draft_reward", "revision_reward", "policy", "reviser", "judge"} <= set(provenance)
+        if "<draft>\n\n</draft>" not in text:
+            split_completion(text, tags)
+
+
+def test_resume_after_kill_decides_every_prompt_once(tiny_model: Path, tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 6)
+    out = tmp_path / "sft.jsonl"
+    dropped = tmp_path / "sft.dropped.jsonl"
+    command = [sys.executable, "-m", "qalign_dsl", "synth", str(COMPILED), str(prompts),
+               "--policy", str(tiny_model), "--judge", str(tiny_model), "--max-new-tokens", "6",
+               "--batch-size", "1", "--margin=-1000", "-o", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = out.read_text().count("\n")
+    assert 2 <= before < 6
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert f"resuming: {before} prompt(s)" in completed.stderr
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    ids += [json.loads(line)["id"] for line in dropped.read_text().splitlines() if line.strip()]
+    assert sorted(ids) == [f"p{i}" for i in range(6)]
+
+
+def test_sft_trains_on_the_synthesized_file(tiny_model: Path, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    trl = pytest.importorskip("trl")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 4)
+    out = tmp_path / "sft.jsonl"
+    assert main(["synth", str(COMPILED), str(prompts), "--policy", str(tiny_model), "--judge",
+                 str(tiny_model), "--max-new-tokens", "6", "--margin=-1000", "-o", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4
+    dataset = datasets.Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    config = trl.SFTConfig(output_dir=str(tmp_path / "sft"), use_cpu=True, bf16=False,
+                           max_steps=2, per_device_train_batch_size=2, assistant_only_loss=True,
+                           report_to=[], save_strategy="no", logging_steps=1, max_length=512)
+    trainer = trl.SFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_model)),
+                             args=config, train_dataset=dataset,
+                             processing_class=AutoTokenizer.from_pretrained(str(tiny_model)))
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    labels = batch["labels"][0]
+    assert (labels == -100).any() and (labels != -100).any()  # prompt masked, answer trained
+    trainer.train()
+    assert any("loss" in entry for entry in trainer.state.log_history)
+
+
+def test_bad_prompts_file_is_reported(tiny_model: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "ok"}\n{"id": 2}\n')
+    assert main(["synth", str(COMPILED), str(prompts), "--policy", str(tiny_model), "--judge",
+                 str(tiny_model), "-o", str(tmp_path / "o.jsonl")]) == 1
+    assert "prompts.jsonl:2: missing `prompt`" in capsys.readouterr().err
