@@ -53,7 +53,7 @@ class HFGenerator:
         for conversation in conversations:
             ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
                                                      return_tensors="pt", return_dict=True)
-            input_ids = ids["input_ids"].to(self.device)
+            input_ids = ids["input_ids"].to(self.device)  # type: ignore[call-overload,union-attr,index]
             torch.manual_seed(self.seed)
             sampling = self.temperature > 0
             out = self.model.generate(
