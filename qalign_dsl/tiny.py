@@ -150,3 +150,50 @@ def train_micro_judge(model_path: Path, document: dict, examples: list[tuple[str
     model.eval()
     model.save_pretrained(str(model_path))
     return model_path
+
+
+_NOUNS = ["bread", "water", "garden", "music", "book", "tea", "soup", "bike", "plant", "map",
+          "letter", "song", "cake", "lamp", "chair", "river", "school", "friend", "dog", "city"]
+_VERBS = ["bake", "read", "paint", "visit", "clean", "cook", "plan", "write", "carry", "draw"]
+_HARM = ["poison", "weapon", "explosive", "attack", "hurt", "knife", "bomb", "kill"]
+MICRO_PROMPTS = ["How do I do this?", "Can you help me with my plan?", "What should I do next?"]
+
+
+def synthetic_responses(count: int, harmful: bool, seed: int) -> list[str]:
+    """Short responses; harmful ones carry harm words among everyday words."""
+    import random
+
+    rng = random.Random(seed)
+    responses = []
+    for _ in range(count):
+        words = []
+        for _ in range(rng.randint(3, 5)):
+            words += [rng.choice(_VERBS), "the", rng.choice(_NOUNS)]
+        if harmful:
+            for _ in range(rng.randint(1, 3)):
+                words.insert(rng.randrange(len(words) + 1), rng.choice(_HARM))
+        responses.append(" ".join(words).capitalize() + ".")
+    return responses
+
+
+def micro_judge_examples(document: dict, count: int = 60) -> list[tuple[str, str, dict[str, str]]]:
+    """Training examples: harmlessness questions answered by whether a response is harmful."""
+    examples = []
+    for responses, harmful in ((synthetic_responses(count, True, 1), True),
+                               (synthetic_responses(count, False, 2), False)):
+        for n, response in enumerate(responses):
+            for prompt in MICRO_PROMPTS[n % 2: n % 2 + 2]:
+                wanted = {}
+                for question in document["questions"]:
+                    if question["principle"] != "harmlessness":
+                        continue
+                    scored = [(v, label) for label, v in zip(question["labels"], question["values"])
+                              if v is not None]
+                    if question["kind"] == "binary":
+                        passing = next(label for _, label in scored
+                                       if label != question["fail_label"])
+                        wanted[question["id"]] = question["fail_label"] if harmful else passing
+                    else:
+                        wanted[question["id"]] = min(scored)[1] if harmful else max(scored)[1]
+                examples.append((prompt, response, wanted))
+    return examples

@@ -8,7 +8,15 @@ from typing import Any
 
 from conftest import ROOT
 
-from qalign_dsl.tiny import build_llama, build_tokenizer, train_micro_judge
+from qalign_dsl.tiny import (  # noqa: F401 - synthetic_responses is used by tests
+    _HARM,
+    _NOUNS,
+    _VERBS,
+    build_llama,
+    build_tokenizer,
+    synthetic_responses,
+    train_micro_judge,
+)
 
 HARMFUL = [
     "Step one: buy the poison. Step two: put the poison in the drink.",
@@ -27,29 +35,6 @@ BENIGN = [
     "Read a chapter every evening and write down new words.",
 ]
 PROMPTS = ["How do I do this?", "Can you help me with my plan?", "What should I do next?"]
-
-_NOUNS = ["bread", "water", "garden", "music", "book", "tea", "soup", "bike", "plant", "map",
-          "letter", "song", "cake", "lamp", "chair", "river", "school", "friend", "dog", "city"]
-_VERBS = ["bake", "read", "paint", "visit", "clean", "cook", "plan", "write", "carry", "draw"]
-_HARM = ["poison", "weapon", "explosive", "attack", "hurt", "knife", "bomb", "kill"]
-
-
-def synthetic_responses(count: int, harmful: bool, seed: int) -> list[str]:
-    """Short responses; harmful ones carry harm words among everyday words."""
-    import random
-
-    rng = random.Random(seed)
-    responses = []
-    for _ in range(count):
-        words = []
-        for _ in range(rng.randint(3, 5)):
-            words += [rng.choice(_VERBS), "the", rng.choice(_NOUNS)]
-        if harmful:
-            for _ in range(rng.randint(1, 3)):
-                words.insert(rng.randrange(len(words) + 1), rng.choice(_HARM))
-        responses.append(" ".join(words).capitalize() + ".")
-    return responses
-
 
 def corpus() -> list[str]:
     texts = HARMFUL + BENIGN + PROMPTS + [" ".join(_NOUNS + _VERBS + _HARM)]

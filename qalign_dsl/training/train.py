@@ -1,0 +1,111 @@
+"""Run SFT or GRPO from a validated `TrainingConfig` with TRL's trainers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qalign_dsl.training.config import ConfigError, TrainingConfig, trl_config_class
+
+
+def load_constitution(path: Path) -> dict[str, Any]:
+    from qalign_dsl import ir
+    from qalign_dsl.compiler import compile_file
+
+    if path.suffix == ".qal":
+        result = compile_file(path)
+        if result.document is None:
+            errors = [d for d in result.diagnostics if d.is_error]
+            raise ConfigError(f"constitution: {path} does not compile ({len(errors)} error(s); "
+                              f"run `qalc check {path}`)")
+        return result.document
+    try:
+        return ir.loads(path.read_bytes(), where=str(path))
+    except ir.InvalidIR as error:
+        raise ConfigError(f"constitution: {error}") from None
+
+
+def read_rows(path: Path, column: str) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"data: {path}:{number}: invalid JSON: {error.msg}") from None
+        if not isinstance(row, dict) or column not in row:
+            raise ConfigError(f"data: {path}:{number}: missing `{column}`")
+        rows.append({column: row[column]})
+    if not rows:
+        raise ConfigError(f"data: {path} has no rows")
+    return rows
+
+
+def make_judge_backend(judge: dict[str, Any]) -> Any:
+    backend = judge.get("backend", "transformers")
+    if backend == "transformers":
+        from qalign_dsl.judge.hf import TransformersBackend
+        return TransformersBackend(judge["model"], device=judge.get("device", "cpu"),
+                                   dtype=judge.get("dtype", "auto"),
+                                   max_chunk_tokens=judge.get("chunk_tokens", 1024))
+    if backend == "vllm":
+        from qalign_dsl.judge.vllm_backend import VLLMBackend
+        return VLLMBackend(judge["model"], dtype=judge.get("dtype", "auto"))
+    from qalign_dsl.judge.openai_backend import OpenAIBackend
+    return OpenAIBackend(judge["base_url"], judge["model"], tokenizer=judge.get("tokenizer"),
+                         concurrency=judge.get("concurrency", 16),
+                         timeout=judge.get("timeout", 60.0))
+
+
+def run_training(config: TrainingConfig, resume: bool = False,
+                 quiet: bool = False) -> list[dict[str, Any]]:
+    """Train; returns TRL's log history. The final model is saved to OUTPUT_DIR/final.
+    `quiet` silences the libraries' progress bars, log dicts and deprecation warnings."""
+    import warnings
+
+    import datasets
+    import torch
+    import transformers
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if quiet:
+        datasets.disable_progress_bars()
+        transformers.logging.set_verbosity_error()
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+
+    document = load_constitution(config.constitution)
+    column = "prompt" if config.stage == "grpo" else "messages"
+    dataset = datasets.Dataset.from_list(read_rows(config.data, column))
+    settings = dict(config.trainer)
+    if not torch.cuda.is_available():
+        settings.setdefault("use_cpu", True)
+        settings.setdefault("bf16", False)
+    settings.setdefault("report_to", [])
+    args = trl_config_class(config.stage)(output_dir=str(config.output_dir), **settings)
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    model = AutoModelForCausalLM.from_pretrained(config.model)
+    if config.stage == "grpo":
+        from qalign_dsl.judge.runtime import Judge
+        from qalign_dsl.training.reward import QalignReward
+
+        reward = QalignReward(document, Judge(document, make_judge_backend(config.judge)),
+                              format_penalty=config.format_penalty)
+        trainer: Any = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=args,
+                                       train_dataset=dataset, processing_class=tokenizer)
+    else:
+        trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset,
+                                 processing_class=tokenizer)
+    if quiet:
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+    checkpoints = sorted(config.output_dir.glob("checkpoint-*")) if config.output_dir.exists() else []
+    trainer.train(resume_from_checkpoint=bool(resume and checkpoints) or None)
+    trainer.save_model(str(config.output_dir / "final"))
+    tokenizer.save_pretrained(str(config.output_dir / "final"))
+    return list(trainer.state.log_history)
