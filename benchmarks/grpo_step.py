@@ -1,0 +1,146 @@
+"""Time per GRPO step on CPU, split into generation, judging, aggregation and the update,
+with our judge (one forward per response prefix, packed questions) vs a paper-style judge
+(one `generate` per question on the full prompt, label parsed from the text).
+
+    python benchmarks/grpo_step.py [--steps 3] [--constitution constitutions/tutorial.qal]
+
+A real TRL GRPOTrainer on tiny local models (random policy, random judge: timing only).
+The last line is JSON: the judge's share of the step for both judges and the step-time ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qalign_dsl.compiler import compile_file  # noqa: E402
+from qalign_dsl.judge.backend import Scores, ScoringJob  # noqa: E402
+from qalign_dsl.judge.hf import TransformersBackend  # noqa: E402
+from qalign_dsl.judge.runtime import Judge  # noqa: E402
+from qalign_dsl.tiny import build_llama, build_tokenizer  # noqa: E402
+from qalign_dsl.training.reward import QalignReward  # noqa: E402
+
+
+class PaperStyleBackend(TransformersBackend):
+    """QA-LIGN's judge: one greedy generate per question, the label parsed from the text."""
+
+    @torch.inference_mode()
+    def score(self, jobs: list[ScoringJob]) -> list[Scores]:
+        results: list[Scores] = []
+        for job in jobs:
+            scores: Scores = []
+            for suffix, labels in zip(job.suffixes, job.labels):
+                ids = torch.tensor([self.encode(job.head + suffix)], device=self.device)
+                out = self.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                          max_new_tokens=4, do_sample=False,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+                text = str(self.tokenizer.decode(out[0, ids.shape[1]:]))
+                found = re.search(r"\b(" + "|".join(map(re.escape, labels)) + r")\b", text)
+                scores.append([1.0 if found and found.group(1) == label else 0.0 for label in labels]
+                              if found else "no label in the generated answer")
+            results.append(scores)
+        return results
+
+
+class Timers:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"generation": 0.0, "judging": 0.0, "aggregation": 0.0}
+
+    def wrap(self, name: str, function: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+        return timed
+
+
+def run(kind: str, document: dict[str, Any], policy: Path, judge_path: Path, steps: int,
+        prompts: list[str], output: Path) -> dict[str, float]:
+    import datasets
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    backend_class = TransformersBackend if kind == "ours" else PaperStyleBackend
+    backend = backend_class(str(judge_path))
+    reward = QalignReward(document, Judge(document, backend))
+    timers = Timers()
+    reward.judge.score = timers.wrap("judging", reward.judge.score)  # type: ignore[method-assign]
+    reward.rubric.evaluate = timers.wrap("aggregation", reward.rubric.evaluate)  # type: ignore[method-assign]
+    model = AutoModelForCausalLM.from_pretrained(str(policy))
+    model.generate = timers.wrap("generation", model.generate)  # type: ignore[method-assign]
+    config = trl.GRPOConfig(output_dir=str(output / kind), use_cpu=True, bf16=False,
+                            max_steps=steps, per_device_train_batch_size=8, num_generations=4,
+                            generation_batch_size=8, max_completion_length=48,
+                            logging_steps=1, report_to=[], save_strategy="no", seed=0,
+                            disable_tqdm=True)
+    trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=config,
+                              train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]),
+                              processing_class=AutoTokenizer.from_pretrained(str(policy)))
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    start = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - start
+    result = dict(timers.seconds)
+    result["update"] = total - sum(timers.seconds.values())
+    result["step"] = total / steps
+    return {key: value / steps if key != "step" else value for key, value in result.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--constitution", type=Path, default=ROOT / "constitutions" / "tutorial.qal")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    compiled = compile_file(args.constitution)
+    assert compiled.document is not None
+    # A random policy cannot write the draft/reflection/revision format, so every completion
+    # would get the format penalty and nothing would be judged. Judge each whole completion
+    # once instead (QA-LIGN judges draft and revision: the real judge cost is twice this).
+    document = dict(compiled.document, output_format=None, revision_reward=None)
+    prompts = [f"Tell me about topic {i}, step by step." for i in range(16)]
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        tokenizer = build_tokenizer(root / "tok", prompts + [args.constitution.read_text()])
+        policy = build_llama(root / "policy", tokenizer)
+        judge = build_llama(root / "judge", tokenizer, hidden_size=256, layers=4, heads=4)
+        results = {kind: run(kind, document, policy, judge, args.steps, prompts, root)
+                   for kind in ("ours", "paper")}
+    for kind, split in results.items():
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in split.items() if k != "step")
+        share = (split["judging"] + split["aggregation"]) / split["step"]
+        print(f"{kind:5s}: {split['step']:.2f} s/step ({parts}); judge share {share:.0%}")
+    ours, paper = results["ours"], results["paper"]
+    print(json.dumps({
+        "name": "grpo_step", "questions": len(document["questions"]), "steps": args.steps,
+        "ours_step_s": round(ours["step"], 3), "paper_step_s": round(paper["step"], 3),
+        "ours_judge_share": round((ours["judging"] + ours["aggregation"]) / ours["step"], 3),
+        "paper_judge_share": round((paper["judging"] + paper["aggregation"]) / paper["step"], 3),
+        "judge_ratio": round(paper["judging"] / ours["judging"], 1),
+        "ratio": round(paper["step"] / ours["step"], 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()
