@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from qalign_dsl.judge.prompts import ChatRenderer
+from qalign_dsl.judge.prompts import ChatRenderer, Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +43,34 @@ class Backend(Protocol):
     def special_tokens(self) -> list[str]: ...
 
     def score(self, jobs: list[ScoringJob]) -> list[Scores]: ...
+
+
+def plain_chat(messages: list[Message]) -> str:
+    """For tokenizers without a chat template: a simple, explicit transcript."""
+    parts = [f"### {m['role'].capitalize()}\n{m['content']}\n" for m in messages]
+    return "\n".join(parts) + "\n### Assistant\n"
+
+
+class TokenizerFacts:
+    """The tokenizer half of `Backend`, shared by every backend that holds a Hugging Face
+    tokenizer as `self.tokenizer`."""
+
+    tokenizer: Any
+
+    def render_chat(self) -> ChatRenderer:
+        if getattr(self.tokenizer, "chat_template", None):
+            def render(messages: list[Message]) -> str:
+                return str(self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True))
+            return render
+        return plain_chat
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def describe_token(self, token: int) -> str:
+        return str(self.tokenizer.convert_ids_to_tokens(token))
+
+    def special_tokens(self) -> list[str]:
+        return [str(t) for t in self.tokenizer.all_special_tokens] + [
+            str(t) for t in getattr(self.tokenizer, "added_tokens_encoder", {})]

@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from qalign_dsl.judge.backend import JudgeError, Scores, ScoringJob
-from qalign_dsl.judge.prompts import ChatRenderer, Message
+from qalign_dsl.judge.backend import JudgeError, Scores, ScoringJob, TokenizerFacts
 
 
-def _plain_chat(messages: list[Message]) -> str:
-    """For tokenizers without a chat template: a simple, explicit transcript."""
-    parts = [f"### {m['role'].capitalize()}\n{m['content']}\n" for m in messages]
-    return "\n".join(parts) + "\n### Assistant\n"
-
-
-class TransformersBackend:
+class TransformersBackend(TokenizerFacts):
     def __init__(self, model: str, device: str = "cpu", dtype: str = "auto",
                  max_chunk_tokens: int = 1024, attn_implementation: str | None = None) -> None:
         try:
@@ -66,26 +58,6 @@ class TransformersBackend:
         backend.identity = f"transformers:{name}"
         backend.tokens_processed = 0
         return backend
-
-    # --- tokenizer facts -----------------------------------------------------------------
-    def render_chat(self) -> ChatRenderer:
-        if getattr(self.tokenizer, "chat_template", None):
-            def render(messages: list[Message]) -> str:
-                text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                          add_generation_prompt=True)
-                return str(text)
-            return render
-        return _plain_chat
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def describe_token(self, token: int) -> str:
-        return str(self.tokenizer.convert_ids_to_tokens(token))
-
-    def special_tokens(self) -> list[str]:
-        return [str(t) for t in self.tokenizer.all_special_tokens] + [
-            str(t) for t in getattr(self.tokenizer, "added_tokens_encoder", {})]
 
     # --- scoring -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -203,5 +175,3 @@ def _label_distribution(logits: torch.Tensor, label_tokens: list[int]) -> list[f
         return "the judge produced non-finite logits for the labels"
     return torch.softmax(chosen, dim=-1).tolist()
 
-
-Loader = Callable[..., TransformersBackend]

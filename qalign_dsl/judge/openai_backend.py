@@ -18,13 +18,12 @@ from typing import Any
 
 import httpx
 
-from qalign_dsl.judge.backend import JudgeError, Scores, ScoringJob
-from qalign_dsl.judge.prompts import ChatRenderer
+from qalign_dsl.judge.backend import JudgeError, Scores, ScoringJob, TokenizerFacts
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class OpenAIBackend:
+class OpenAIBackend(TokenizerFacts):
     def __init__(self, base_url: str, model: str, api_key: str = "EMPTY",
                  tokenizer: str | None = None, concurrency: int = 16, timeout: float = 60.0,
                  retries: int = 3, top_logprobs: int = 20, check_server: bool = True) -> None:
@@ -62,26 +61,6 @@ class OpenAIBackend:
         if self.model not in served:
             raise JudgeError(f"the server at {self.base_url} does not serve `{self.model}`; "
                              f"it serves: {', '.join(map(str, served)) or 'nothing'}")
-
-    # --- tokenizer facts ---------------------------------------------------------------
-    def render_chat(self) -> ChatRenderer:
-        from qalign_dsl.judge.hf import _plain_chat
-
-        if getattr(self.tokenizer, "chat_template", None):
-            def render(messages: list[dict[str, str]]) -> str:
-                return str(self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True))
-            return render
-        return _plain_chat
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def describe_token(self, token: int) -> str:
-        return str(self.tokenizer.convert_ids_to_tokens(token))
-
-    def special_tokens(self) -> list[str]:
-        return [str(t) for t in self.tokenizer.all_special_tokens]
 
     # --- scoring ---------------------------------------------------------------------------
     def score(self, jobs: list[ScoringJob]) -> list[Scores]:

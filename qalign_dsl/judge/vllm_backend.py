@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qalign_dsl.judge.backend import JudgeError, Scores, ScoringJob
-from qalign_dsl.judge.prompts import ChatRenderer
+from qalign_dsl.judge.backend import JudgeError, Scores, ScoringJob, TokenizerFacts
 
 
-class VLLMBackend:
+class VLLMBackend(TokenizerFacts):
     max_reason_tokens = 256
 
     def __init__(self, model: str, dtype: str = "auto", max_model_len: int | None = None,
@@ -35,25 +34,6 @@ class VLLMBackend:
         self.tokenizer = self.llm.get_tokenizer()
         self.identity = f"vllm:{model}"
         self.tokens_processed = 0
-
-    def render_chat(self) -> ChatRenderer:
-        from qalign_dsl.judge.hf import _plain_chat
-
-        if getattr(self.tokenizer, "chat_template", None):
-            def render(messages: list[dict[str, str]]) -> str:
-                return str(self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True))
-            return render
-        return _plain_chat
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def describe_token(self, token: int) -> str:
-        return str(self.tokenizer.convert_ids_to_tokens(token))
-
-    def special_tokens(self) -> list[str]:
-        return [str(t) for t in self.tokenizer.all_special_tokens]
 
     def score(self, jobs: list[ScoringJob]) -> list[Scores]:
         prompts: list[list[int]] = []
