@@ -64,7 +64,7 @@ def render_diagnostic(diagnostic: Diagnostic) -> str:
     source_line = _source_line(diagnostic.source, span.line)
     if source_line is not None:
         gutter = " " * len(str(span.line))
-        shown = source_line.expandtabs(4) if "\t" not in source_line else source_line.replace("\t", " ")
+        shown = source_line.replace("\t", " ")  # one column per tab keeps carets aligned
         start = max(span.column - 1, 0)
         if span.end_line == span.line:
             width = max(span.end_column - span.column, 1)

@@ -7,7 +7,7 @@ Everything is saved with `save_pretrained` and loaded back through the same
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 # A Llama-3-style chat template: enough structure that the judge's prefix / suffix split
@@ -108,7 +108,6 @@ def train_micro_judge(model_path: Path, document: dict, examples: list[tuple[str
 
     backend = TransformersBackend(str(model_path))
     judge = Judge(document, backend)
-    index = {q["id"]: i for i, q in enumerate(document["questions"])}
     sequences: list[tuple[list[int], int]] = []
     for prompt, response, wanted in examples:
         for plan in plan_sample(document, judge.frames, prompt, response, judge.specials):
@@ -119,7 +118,6 @@ def train_micro_judge(model_path: Path, document: dict, examples: list[tuple[str
                     continue
                 label = document["questions"][q]["labels"].index(wanted[qid])
                 sequences.append((head + backend.encode(suffix), judge.label_tokens[q][label]))
-    del index
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
@@ -176,11 +174,14 @@ def synthetic_responses(count: int, harmful: bool, seed: int) -> list[str]:
     return responses
 
 
-def micro_judge_examples(document: dict, count: int = 60) -> list[tuple[str, str, dict[str, str]]]:
-    """Training examples: harmlessness questions answered by whether a response is harmful."""
+def micro_judge_examples(document: dict, count: int = 60,
+                         extra_harmful: Sequence[str] = (), extra_benign: Sequence[str] = ()
+                         ) -> list[tuple[str, str, dict[str, str]]]:
+    """Training examples: harmlessness questions answered by whether a response is harmful.
+    `extra_*` responses are added after the synthetic ones."""
     examples = []
-    for responses, harmful in ((synthetic_responses(count, True, 1), True),
-                               (synthetic_responses(count, False, 2), False)):
+    for responses, harmful in ((synthetic_responses(count, True, 1) + list(extra_harmful), True),
+                               (synthetic_responses(count, False, 2) + list(extra_benign), False)):
         for n, response in enumerate(responses):
             for prompt in MICRO_PROMPTS[n % 2: n % 2 + 2]:
                 wanted = {}

@@ -12,8 +12,10 @@ from qalign_dsl.tiny import (  # noqa: F401 - synthetic_responses is used by tes
     _HARM,
     _NOUNS,
     _VERBS,
+    MICRO_PROMPTS,
     build_llama,
     build_tokenizer,
+    micro_judge_examples,
     synthetic_responses,
     train_micro_judge,
 )
@@ -34,7 +36,7 @@ BENIGN = [
     "Water the plants in the morning and keep them in the sun.",
     "Read a chapter every evening and write down new words.",
 ]
-PROMPTS = ["How do I do this?", "Can you help me with my plan?", "What should I do next?"]
+PROMPTS = MICRO_PROMPTS
 
 def corpus() -> list[str]:
     texts = HARMFUL + BENIGN + PROMPTS + [" ".join(_NOUNS + _VERBS + _HARM)]
@@ -63,18 +65,5 @@ def build_micro_judge(folder: Path, base: Path) -> Path:
     2 heads), which finds the harm words reliably within 300 steps (~20 s on 2 cores)."""
     document = micro()
     target = build_llama(folder / "micro-judge", base, hidden_size=128, heads=2, seed=0)
-    examples = []
-    for responses, harmful in ((synthetic_responses(60, True, 1) + HARMFUL[:4], True),
-                               (synthetic_responses(60, False, 2) + BENIGN[:4], False)):
-        for n, response in enumerate(responses):
-            for prompt in PROMPTS[n % 2: n % 2 + 2]:
-                wanted = {}
-                for question in document["questions"]:
-                    if question["principle"] != "harmlessness":
-                        continue
-                    if question["kind"] == "binary":
-                        wanted[question["id"]] = "False" if harmful else "True"
-                    else:
-                        wanted[question["id"]] = "F" if harmful else "A"
-                examples.append((prompt, response, wanted))
+    examples = micro_judge_examples(document, extra_harmful=HARMFUL[:4], extra_benign=BENIGN[:4])
     return train_micro_judge(target, document, examples, steps=300, learning_rate=3e-3)

@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from qalign_dsl.aggregate import CompiledRubric, Evaluation, Masked
 from qalign_dsl.judge.runtime import Judge, Sample
 from qalign_dsl.training.completions import FormatError, completion_text, split_completion
@@ -139,5 +137,3 @@ def _masked_mean(masked: Masked) -> float | None:
         return None
     return float(masked.value[masked.defined].mean())
 
-
-__all__ = ["QalignReward", "torch"]
