@@ -20,7 +20,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from qalign_dsl.aggregate import CompiledRubric
-from qalign_dsl.cli_aggregate import load_rubric, print_summary
+from qalign_dsl.cli_aggregate import evaluation_lists, load_rubric, print_summary
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -42,7 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         help="openai: logprobs requested per answer (servers allow up to 20 "
                         "by default)")
     parser.add_argument("--device", default="cpu", help="transformers device (default: cpu)")
-    parser.add_argument("--dtype", default="auto", help="transformers dtype (auto, float32, bfloat16)")
+    parser.add_argument("--dtype", default="auto", help="model dtype for transformers and vllm (auto, float32, bfloat16)")
     parser.add_argument("--chunk-tokens", type=int, default=1024,
                         help="transformers: question tokens packed per forward pass")
     parser.add_argument("--concurrency", type=int, default=16, help="openai: requests in flight")
@@ -107,7 +107,7 @@ def _read_data(path: Path, console: Console) -> list[dict[str, Any]] | None:
     return rows
 
 
-def _finished_ids(output: Path) -> set[str]:
+def finished_ids(output: Path) -> set[str]:
     """Ids already in the output. A last line cut off by a kill is truncated away."""
     if not output.exists():
         return set()
@@ -125,20 +125,17 @@ def _finished_ids(output: Path) -> set[str]:
 
 
 def make_backend(arguments: argparse.Namespace) -> Any:
-    if arguments.backend == "transformers":
-        from qalign_dsl.judge.hf import TransformersBackend
-        return TransformersBackend(arguments.model, device=arguments.device, dtype=arguments.dtype,
-                                   max_chunk_tokens=arguments.chunk_tokens)
-    if arguments.backend == "vllm":
-        from qalign_dsl.judge.vllm_backend import VLLMBackend
-        return VLLMBackend(arguments.model)
-    from qalign_dsl.judge.openai_backend import OpenAIBackend
-    if not arguments.base_url:
+    """The judge backend from command-line arguments (shared by score and synth)."""
+    from qalign_dsl.judge.backend import load_backend
+
+    if arguments.backend == "openai" and not arguments.base_url:
         raise _Usage("--backend openai needs --base-url")
-    return OpenAIBackend(arguments.base_url, arguments.model, api_key=arguments.api_key,
-                         tokenizer=arguments.tokenizer, concurrency=arguments.concurrency,
-                         timeout=arguments.timeout, retries=arguments.retries,
-                         top_logprobs=arguments.top_logprobs)
+    return load_backend(arguments.backend, arguments.model, device=arguments.device,
+                        dtype=arguments.dtype, chunk_tokens=arguments.chunk_tokens,
+                        base_url=arguments.base_url, api_key=arguments.api_key,
+                        tokenizer=arguments.tokenizer, concurrency=arguments.concurrency,
+                        timeout=arguments.timeout, retries=arguments.retries,
+                        top_logprobs=arguments.top_logprobs)
 
 
 class _Usage(Exception):
@@ -161,7 +158,7 @@ def run_score(arguments: argparse.Namespace, console: Console) -> int:
         console.print(f"--explain: no row with id `{arguments.explain}` in {arguments.data}",
                       style="red", markup=False)
         return EXIT_USAGE
-    finished = _finished_ids(arguments.output) if arguments.output else set()
+    finished = finished_ids(arguments.output) if arguments.output else set()
     todo = [r for r in rows if r["key"] not in finished]
     if arguments.explain is not None:
         todo = [r for r in rows if r["key"] == arguments.explain]
@@ -197,8 +194,12 @@ def run_score(arguments: argparse.Namespace, console: Console) -> int:
                 result = judge.score([Sample(r["prompt"], r["response"]) for r in batch])
                 failures += len(result.failures)
                 evaluation = rubric.evaluate(result.probabilities, result.answered)
+                lists = evaluation_lists(evaluation)  # tensors -> Python once per batch, not per row
+                answered = result.answered.tolist()
+                probabilities = result.probabilities.tolist()
                 for b, row in enumerate(batch):
-                    record = _record(rubric, row, evaluation, b, result)
+                    record = _record(rubric, row, lists, b, answered[b], probabilities[b],
+                                     result.failures)
                     records.append(record)
                     if arguments.explain is None:
                         sink.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -229,30 +230,26 @@ def run_score(arguments: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def _record(rubric: CompiledRubric, row: dict[str, Any], evaluation: Any, b: int,
-            result: Any) -> dict[str, Any]:
-    reward = evaluation.reward.to_list()[b]
-    principles = evaluation.principles.to_list()[b]
-    dimensions = evaluation.dimensions.to_list()[b]
-    scores = evaluation.questions.to_list()[b]
+def _record(rubric: CompiledRubric, row: dict[str, Any], lists: dict[str, list[Any]], b: int,
+            answered: list[bool], probabilities: list[list[float]],
+            failures: dict[tuple[int, int], str]) -> dict[str, Any]:
     answers = {}
     for q, qid in enumerate(rubric.question_ids):
-        if result.answered[b, q]:
+        if answered[q]:
             labels = rubric.labels[q]
-            probabilities = result.probabilities[b, q, : len(labels)].tolist()
-            answers[qid] = {label: round(p, 6) for label, p in zip(labels, probabilities)}
+            answers[qid] = {label: round(p, 6) for label, p in zip(labels, probabilities[q])}
     record: dict[str, Any] = {
         "id": row["id"],
-        "reward": reward,
-        "principles": dict(zip(rubric.principle_ids, principles)),
-        "dimensions": dict(zip(rubric.dimension_ids, dimensions)),
+        "reward": lists["reward"][b],
+        "principles": dict(zip(rubric.principle_ids, lists["principles"][b])),
+        "dimensions": dict(zip(rubric.dimension_ids, lists["dimensions"][b])),
         "answers": answers,
-        "question_scores": dict(zip(rubric.question_ids, scores)),
+        "question_scores": dict(zip(rubric.question_ids, lists["questions"][b])),
     }
-    failures = {rubric.question_ids[q]: reason for (bb, q), reason in result.failures.items()
-                if bb == b}
-    if failures:
-        record["failures"] = failures
+    failures_here = {rubric.question_ids[q]: reason for (bb, q), reason in failures.items()
+                     if bb == b}
+    if failures_here:
+        record["failures"] = failures_here
     return record
 
 

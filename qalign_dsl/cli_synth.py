@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from qalign_dsl.cli_aggregate import load_rubric
-from qalign_dsl.cli_score import _finished_ids, make_backend
+from qalign_dsl.cli_score import finished_ids, make_backend
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
 
@@ -103,7 +103,7 @@ def run_synth(arguments: argparse.Namespace, console: Console) -> int:
         return EXIT_PROBLEMS
     dropped_path = arguments.output.with_name(arguments.output.name.removesuffix(".jsonl")
                                               + ".dropped.jsonl")
-    done = _finished_ids(arguments.output) | _finished_ids(dropped_path)
+    done = finished_ids(arguments.output) | finished_ids(dropped_path)
     todo = [item for item in items if item[0] not in done]
     if done:
         console.print(f"resuming: {len(done)} prompt(s) already decided, {len(todo)} to go",

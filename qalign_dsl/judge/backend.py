@@ -74,3 +74,26 @@ class TokenizerFacts:
     def special_tokens(self) -> list[str]:
         return [str(t) for t in self.tokenizer.all_special_tokens] + [
             str(t) for t in getattr(self.tokenizer, "added_tokens_encoder", {})]
+
+
+def load_backend(kind: str, model: str, *, device: str = "cpu", dtype: str = "auto",
+                 chunk_tokens: int = 1024, base_url: str | None = None, api_key: str = "EMPTY",
+                 tokenizer: str | None = None, concurrency: int = 16, timeout: float = 60.0,
+                 retries: int = 3, top_logprobs: int = 20) -> Backend:
+    """The judge backend `kind` (transformers | vllm | openai) for `model`; each backend
+    is imported only when chosen."""
+    if kind == "transformers":
+        from qalign_dsl.judge.hf import TransformersBackend
+        return TransformersBackend(model, device=device, dtype=dtype,
+                                   max_chunk_tokens=chunk_tokens)
+    if kind == "vllm":
+        from qalign_dsl.judge.vllm_backend import VLLMBackend
+        return VLLMBackend(model, dtype=dtype)
+    if kind != "openai":
+        raise JudgeError(f"unknown judge backend `{kind}`; use transformers, vllm or openai")
+    if not base_url:
+        raise JudgeError("the openai backend needs the server's base URL")
+    from qalign_dsl.judge.openai_backend import OpenAIBackend
+    return OpenAIBackend(base_url, model, api_key=api_key, tokenizer=tokenizer,
+                         concurrency=concurrency, timeout=timeout, retries=retries,
+                         top_logprobs=top_logprobs)

@@ -85,8 +85,9 @@ class Judge:
         result = JudgeResult(probabilities, answered)
         jobs: list[ScoringJob] = []
         owners: list[tuple[int, list[int]]] = []
+        sample_keys = [self._keys(sample) for sample in samples]
         for b, sample in enumerate(samples):
-            keys = self._keys(sample)
+            keys = sample_keys[b]
             known = self.cache.get_many(list(keys.values())) if self.cache is not None else {}
             for q, key in keys.items():
                 if key in known:
@@ -112,11 +113,10 @@ class Judge:
         scored = self.backend.score(jobs) if jobs else []
         fresh: dict[str, list[float]] = {}
         for (b, questions), scores in zip(owners, scored):
-            keys = self._keys(samples[b])
             for q, answer in zip(questions, scores):
                 self._store(result, b, q, answer)
                 if not isinstance(answer, str):
-                    fresh[keys[q]] = answer
+                    fresh[sample_keys[b][q]] = answer
         if self.cache is not None and fresh:
             self.cache.put_many(fresh)
         if progress:

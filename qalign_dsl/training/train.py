@@ -43,22 +43,6 @@ def read_rows(path: Path, column: str) -> list[dict[str, Any]]:
     return rows
 
 
-def make_judge_backend(judge: dict[str, Any]) -> Any:
-    backend = judge.get("backend", "transformers")
-    if backend == "transformers":
-        from qalign_dsl.judge.hf import TransformersBackend
-        return TransformersBackend(judge["model"], device=judge.get("device", "cpu"),
-                                   dtype=judge.get("dtype", "auto"),
-                                   max_chunk_tokens=judge.get("chunk_tokens", 1024))
-    if backend == "vllm":
-        from qalign_dsl.judge.vllm_backend import VLLMBackend
-        return VLLMBackend(judge["model"], dtype=judge.get("dtype", "auto"))
-    from qalign_dsl.judge.openai_backend import OpenAIBackend
-    return OpenAIBackend(judge["base_url"], judge["model"], tokenizer=judge.get("tokenizer"),
-                         concurrency=judge.get("concurrency", 16),
-                         timeout=judge.get("timeout", 60.0))
-
-
 def run_training(config: TrainingConfig, resume: bool = False,
                  quiet: bool = False) -> list[dict[str, Any]]:
     """Train; returns TRL's log history. The final model is saved to OUTPUT_DIR/final.
@@ -89,10 +73,13 @@ def run_training(config: TrainingConfig, resume: bool = False,
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     model = AutoModelForCausalLM.from_pretrained(config.model)
     if config.stage == "grpo":
+        from qalign_dsl.judge.backend import load_backend
         from qalign_dsl.judge.runtime import Judge
         from qalign_dsl.training.reward import QalignReward
 
-        reward = QalignReward(document, Judge(document, make_judge_backend(config.judge)),
+        judge = dict(config.judge)
+        backend = load_backend(judge.pop("backend", "transformers"), judge.pop("model"), **judge)
+        reward = QalignReward(document, Judge(document, backend),
                               format_penalty=config.format_penalty)
         trainer: Any = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=args,
                                        train_dataset=dataset, processing_class=tokenizer)
