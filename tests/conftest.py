@@ -37,3 +37,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from judge_fixtures import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def kill_after_lines(command: list[str], output: Path, lines: int = 2) -> int:
+    """Start `command`, SIGKILL it once `output` holds `lines` finished lines (or after
+    120 s), and return how many finished lines it left."""
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+            not output.exists() or output.read_text().count("\n") < lines):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return output.read_text().count("\n")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, kill_after_lines
 
 from qalign_dsl.cli import main
 
@@ -55,14 +53,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tiny_model: Path, tmp_pa
     out = tmp_path / "out.jsonl"
     command = [sys.executable, "-m", "qalign_dsl", "score", COMPILED, str(data), "--model",
                str(tiny_model), "-o", str(out), "--batch-size", "1", "--no-cache"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done_before = out.read_text().count("\n")
+    done_before = kill_after_lines(command, out)
     assert 2 <= done_before < 8, "the kill should land mid-run"
     with out.open("a") as handle:  # a row cut off mid-write
         handle.write('{"id": "r7", "reward": 0.1')

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, kill_after_lines
 
 from qalign_dsl.cli import main
 from qalign_dsl.judge.hf import TransformersBackend
@@ -70,14 +68,7 @@ def test_resume_after_kill_decides_every_prompt_once(tiny_model: Path, tmp_path:
     command = [sys.executable, "-m", "qalign_dsl", "synth", str(COMPILED), str(prompts),
                "--policy", str(tiny_model), "--judge", str(tiny_model), "--max-new-tokens", "6",
                "--batch-size", "1", "--margin=-1000", "-o", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    before = out.read_text().count("\n")
+    before = kill_after_lines(command, out)
     assert 2 <= before < 6
     completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert completed.returncode == 0, completed.stderr
