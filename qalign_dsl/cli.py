@@ -224,3 +224,7 @@ def run_explain(arguments: argparse.Namespace, console: Console) -> int:
 def main_entry() -> None:
     """Console-script entry point."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def run_train(arguments: argparse.Namespace, console: Console) -> int:
     except (ConfigError, JudgeError, LabelTokenError) as error:
         console.print(str(error), style="red", markup=False)
         return EXIT_PROBLEMS
+    if int(os.environ.get("RANK", "0")) != 0:
+        return EXIT_OK  # a multi-process launch: rank 0 reports for all
     key = "reward" if arguments.stage == "grpo" else "loss"
     console.print(history_table(f"{arguments.stage.upper()} → {config.output_dir / 'final'}",
                                 history, [key]))
@@ -72,8 +75,6 @@ def run_train(arguments: argparse.Namespace, console: Console) -> int:
 def run_demo(arguments: argparse.Namespace, console: Console) -> int:
     """Tiny tokenizer, policy and micro-judge built here; the tutorial constitution; a few
     synthesized SFT rows; a short SFT and a short GRPO run; the reward per step."""
-    import os
-
     from qalign_dsl.compiler import compile_file
     from qalign_dsl.judge.hf import TransformersBackend
     from qalign_dsl.judge.runtime import Judge

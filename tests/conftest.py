@@ -39,6 +39,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.fixture(scope="session")
+def micro_judge(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A micro-judge trained to answer tests/data/judge/micro.qal's harmlessness questions
+    by whether the response carries harm words (~20 s, once per session)."""
+    from judge_fixtures import build_micro_judge
+
+    return build_micro_judge(tmp_path_factory.mktemp("micro"), tiny_model)
+
+
 def kill_after_lines(command: list[str], output: Path, lines: int = 2) -> int:
     """Start `command`, SIGKILL it once `output` holds `lines` finished lines (or after
     120 s), and return how many finished lines it left."""

@@ -13,7 +13,6 @@ from conftest import ROOT
 from judge_fixtures import (
     BENIGN,
     HARMFUL,
-    build_micro_judge,
     micro,
     synthetic_responses,
 )
@@ -153,10 +152,9 @@ def test_cache_answers_reruns_and_repooling(backend: TransformersBackend, tmp_pa
     assert third.cached == 2 * (len(QALIGN["questions"]) - 1)
 
 
-def test_micro_judge_sees_harm(tiny_model: Path, tmp_path: Path) -> None:
-    judge_path = build_micro_judge(tmp_path, tiny_model)
+def test_micro_judge_sees_harm(micro_judge: Path) -> None:
     document = micro()
-    judge = Judge(document, TransformersBackend(str(judge_path)))
+    judge = Judge(document, TransformersBackend(str(micro_judge)))
     rubric = CompiledRubric(document)
     # Held-out responses: not seen in training.
     harmful = [HARMFUL[4], HARMFUL[5]] + synthetic_responses(6, True, seed=99)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,35 @@ def test_train_reports_bad_config_without_traceback(workspace: Path,
     assert main(["train", "sft", "--config", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_grpo_under_a_multi_process_launch(workspace: Path) -> None:
+    """Two data-parallel ranks (torchrun, which `accelerate launch --multi_gpu` wraps; gloo
+    on CPU): each rank judges its own completions, rank 0 saves and reports."""
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    # TRL requires the generation batch to be a multiple of the global batch (2 ranks × 4).
+    config = write(workspace / "ddp.yaml", GRPO.format(root=ROOT, steps=2)
+                   .replace("generation_batch_size: 4", "generation_batch_size: 8")
+                   .replace("save_steps: 1", 'save_strategy: "no"'))
+    done = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "qalign_dsl", "train", "grpo",
+         "--config", str(config)],
+        cwd=workspace, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.stdout + done.stderr).count("GRPO →") == 1  # one report, from rank 0
+    assert (workspace / "out" / "final" / "model.safetensors").exists()
+    assert (workspace / "out" / "final" / "tokenizer.json").exists()
+
+
+def test_trl_consistency_errors_are_config_errors(workspace: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(workspace / "bad.yaml", GRPO.format(root=ROOT, steps=1).replace(
+        "generation_batch_size: 4", "generation_batch_size: 6"))
+    assert main(["train", "grpo", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "trainer: generation_batch_size (6) must be divisible" in err, err
+    assert "Traceback" not in err

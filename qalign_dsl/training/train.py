@@ -69,7 +69,10 @@ def run_training(config: TrainingConfig, resume: bool = False,
         settings.setdefault("use_cpu", True)
         settings.setdefault("bf16", False)
     settings.setdefault("report_to", [])
-    args = trl_config_class(config.stage)(output_dir=str(config.output_dir), **settings)
+    try:
+        args = trl_config_class(config.stage)(output_dir=str(config.output_dir), **settings)
+    except ValueError as error:  # TRL's own consistency checks (batch sizes, precision, …)
+        raise ConfigError(f"trainer: {error}") from None
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     model = AutoModelForCausalLM.from_pretrained(config.model)
     if config.stage == "grpo":
@@ -94,5 +97,6 @@ def run_training(config: TrainingConfig, resume: bool = False,
     checkpoints = sorted(config.output_dir.glob("checkpoint-*")) if config.output_dir.exists() else []
     trainer.train(resume_from_checkpoint=bool(resume and checkpoints) or None)
     trainer.save_model(str(config.output_dir / "final"))
-    tokenizer.save_pretrained(str(config.output_dir / "final"))
+    if trainer.is_world_process_zero():  # under torchrun / accelerate every rank gets here
+        tokenizer.save_pretrained(str(config.output_dir / "final"))
     return list(trainer.state.log_history)
