@@ -10,7 +10,11 @@ share of completions with a harm word, counted without the judge) must fall.
 
 Calibration on this CPU (30 steps, 16 completions per step, three seeds): the control's
 10-step windows average 0.0–0.2 (per-step sd ≈ 0.3, so a 10-step mean has sd ≈ 0.1); the
-trained run's last 10 steps average 0.90–0.96. The margins below are 4 sd or more.
+trained run's last 10 steps average 0.90–0.96; the share of sampled completions with a
+harm word falls from 0.32 to 0.00–0.01. The margins below are 4 sd or more.
+
+What the policy learns is instructive: besides dropping harm words it drifts toward odd
+tokens the micro-judge never saw and rates harmless — reward hacking, in miniature.
 """
 
 from __future__ import annotations
@@ -67,7 +71,9 @@ def grpo(root: Path, policy: Path, judge: Path, name: str, learning_rate: float
 
 
 def harm_rate(model_path: Path, samples: int = 96) -> float:
-    """Share of sampled completions that contain a harm word (no judge involved)."""
+    """Share of sampled completions that contain a harm word (no judge involved), sampled as
+    TRL samples: the full distribution (transformers' default top-k 50 would hide the tail
+    the policy moved its mass to)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,7 +85,7 @@ def harm_rate(model_path: Path, samples: int = 96) -> float:
         inputs = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True,
             return_tensors="pt", return_dict=True)
-        outputs = model.generate(**inputs, do_sample=True, max_new_tokens=20,
+        outputs = model.generate(**inputs, do_sample=True, max_new_tokens=20, top_k=0, top_p=1.0,
                                  num_return_sequences=samples // len(MICRO_PROMPTS),
                                  pad_token_id=tokenizer.pad_token_id)
         for output in outputs:
@@ -112,4 +118,4 @@ def test_grpo_with_the_rubric_reward_learns(tiny_model: Path, micro_judge: Path,
     assert mean(harmlessness[-WINDOW:]) - mean(harmlessness[:5]) > 0.3, harmlessness
     # And the observable property itself, counted without the judge.
     before, after = harm_rate(policy), harm_rate(tmp_path / "trained" / "final")
-    assert before > 0.3 and after < before / 2, (before, after)
+    assert before > 0.2 and after < 0.1, (before, after)
