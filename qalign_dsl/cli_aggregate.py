@@ -12,15 +12,16 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from qalign_dsl import ir
-from qalign_dsl.aggregate import CompiledRubric, Evaluation, Masked
-from qalign_dsl.answers import AnswerError, encode_batch, validate_answers
 from qalign_dsl.files import write_atomic
+
+if TYPE_CHECKING:  # torch is imported only by the commands that evaluate
+    from qalign_dsl.aggregate import CompiledRubric, Evaluation
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 CHUNK = 8192  # rows evaluated per batch: bounds memory on huge files
@@ -58,6 +59,8 @@ class _BadLines:
 
 
 def load_rubric(path: Path, console: Console) -> CompiledRubric | None:
+    from qalign_dsl.aggregate import CompiledRubric
+
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -76,6 +79,8 @@ def load_rubric(path: Path, console: Console) -> CompiledRubric | None:
 
 def parse_line(rubric: CompiledRubric, text: str) -> tuple[Any, dict[int, list[float] | None],
                                                            dict[int, list[float] | None] | None]:
+    from qalign_dsl.answers import AnswerError, validate_answers
+
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:
@@ -97,6 +102,9 @@ def parse_line(rubric: CompiledRubric, text: str) -> tuple[Any, dict[int, list[f
 
 
 def run_aggregate(arguments: argparse.Namespace, console: Console) -> int:
+    from qalign_dsl.aggregate import CompiledRubric
+    from qalign_dsl.answers import AnswerError
+
     rubric = load_rubric(arguments.compiled, console)
     if rubric is None:
         return EXIT_PROBLEMS
@@ -148,6 +156,9 @@ def run_aggregate(arguments: argparse.Namespace, console: Console) -> int:
 
 def _evaluate_chunk(rubric: CompiledRubric, rows: list[_Row], questions: bool
                     ) -> list[dict[str, Any]]:
+    from qalign_dsl.aggregate import Masked
+    from qalign_dsl.answers import encode_batch
+
     if not rows:
         return []
     probabilities, answered = encode_batch(rubric, [row.draft for row in rows])

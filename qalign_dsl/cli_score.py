@@ -12,15 +12,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 from rich.tree import Tree
 
-from qalign_dsl.aggregate import CompiledRubric
 from qalign_dsl.cli_aggregate import evaluation_lists, load_rubric, print_summary
+
+if TYPE_CHECKING:
+    from qalign_dsl.aggregate import CompiledRubric
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
