@@ -40,11 +40,15 @@ _STOPWORDS = frozenset(
 _ID_WORDS = 4
 
 
+def significant_words(text: str) -> list[str]:
+    """The words of a question that carry its meaning (stop words dropped)."""
+    plain = re.sub(r"['’]", "", text.lower())  # "user's" -> "users", not "user s"
+    return [w for w in re.findall(r"[a-z0-9]+", plain) if w not in _STOPWORDS]
+
+
 def derive_question_id(text: str) -> str:
     """A short, stable id from a question's text: its first four significant words."""
-    plain = re.sub(r"['’]", "", text.lower())  # "user's" -> "users", not "user s"
-    words = [w for w in re.findall(r"[a-z0-9]+", plain) if w not in _STOPWORDS]
-    slug = "_".join(words[:_ID_WORDS])
+    slug = "_".join(significant_words(text)[:_ID_WORDS])
     if slug and slug[0].isdigit():
         slug = "q_" + slug
     return slug

@@ -8,6 +8,7 @@ first (imports of a revision are read from the same revision), so only meaning i
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import subprocess
@@ -22,7 +23,7 @@ from qalign_dsl import ir
 from qalign_dsl.compiler import compile_file, compile_text
 from qalign_dsl.console import print_diagnostic
 from qalign_dsl.diff import Change, Diff, diff_documents, expression
-from qalign_dsl.modules import read_file_bytes
+from qalign_dsl.modules import SourceUnavailable, read_file_bytes
 
 EXIT_OK, EXIT_CHANGED, EXIT_TROUBLE = 0, 1, 2
 ENTITY_NAMES = {"d": "dimension", "p": "principle"}
@@ -128,24 +129,28 @@ def _load_revision(revision: str, inside: str, console: Console) -> dict[str, An
                       style="red", markup=False)
         raise InputError(inside)
     root = Path(top.stdout.decode().strip()).resolve()
-    # REV:PATH is relative to the repository root, as in `git show`; a path that exists
-    # relative to the working directory is taken relative to it, which is what users mean.
-    target = (Path.cwd() / inside).resolve()
-    relative = target.relative_to(root) if target.is_relative_to(root) and not Path(
-        inside).is_absolute() and (Path.cwd() / inside).exists() else Path(inside)
+    # As in `git show`, REV:PATH is relative to the repository root; a PATH that names a
+    # file relative to the working directory is taken that way, which is what users mean.
+    here = (Path.cwd() / inside).resolve()
+    relative = (here.relative_to(root) if here.exists() and here.is_relative_to(root)
+                else Path(inside))
+    label = f"{revision}:{relative.as_posix()}"
 
     def read_bytes(path: Path) -> bytes:
-        absolute = (root / path).resolve() if not path.is_absolute() else path.resolve()
-        name = absolute.relative_to(root).as_posix() if absolute.is_relative_to(root) else str(path)
+        """Read a file (the entry or an import, absolute below root) from the revision."""
+        absolute = path if path.is_absolute() else root / path
+        try:
+            name = absolute.resolve().relative_to(root).as_posix()
+        except ValueError:
+            raise SourceUnavailable(f"outside the repository ({revision})") from None
         shown = _git(["show", f"{revision}:{name}"])
         if shown.returncode != 0:
-            raise FileNotFoundError(2, f"not in revision {revision}", f"{revision}:{name}")
+            raise SourceUnavailable(f"not in revision {revision}")
         return shown.stdout
 
-    label = f"{revision}:{relative.as_posix()}"
     try:
         data = read_bytes(relative)
-    except FileNotFoundError:
+    except SourceUnavailable:
         message = _git(["show", f"{revision}:{relative.as_posix()}"]).stderr.decode().strip()
         console.print(f"qalc diff: {label}: {message or 'not found'}", style="red", markup=False)
         raise InputError(label) from None
@@ -155,14 +160,7 @@ def _load_revision(revision: str, inside: str, console: Console) -> dict[str, An
         except UnicodeDecodeError:
             console.print(f"{label}: not valid UTF-8", style="red", markup=False)
             raise InputError(label) from None
-
-        def read_from_revision(path: Path) -> bytes:
-            # Imports resolve against root/relative's folder; map them back into the revision.
-            return read_bytes(path.resolve().relative_to(root) if path.is_absolute() and
-                              path.resolve().is_relative_to(root) else path)
-
-        return _compiled(compile_text(text, str(root / relative), read_from_revision), label,
-                         console)
+        return _compiled(compile_text(text, str(root / relative), read_bytes), label, console)
     try:
         return ir.loads(data, where=label)
     except ir.InvalidIR as error:
@@ -414,6 +412,21 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def value_lines(old: Any, new: Any) -> list[tuple[str, str]]:
+    """Old and new values as diff lines ("-", "+" or " " for context)."""
+    a, b = _value(old).split("\n"), _value(new).split("\n")
+    if len(a) == len(b) == 1:
+        return [("-", a[0]), ("+", b[0])]
+    lines = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            lines += [(" ", line) for line in a[i1:i2]]
+            continue
+        lines += [("-", line) for line in a[i1:i2]]
+        lines += [("+", line) for line in b[j1:j2]]
+    return lines
+
+
 def _headline(change: Change) -> str:
     what = (change.entity if change.entity in ("constitution", "reward")
             else f"{change.entity} {change.subject}")
@@ -443,9 +456,9 @@ def render_terminal(console: Console, old_label: str, new_label: str, result: Di
         if change.words is not None:
             console.print("    " + _terminal_words(change.words))
         elif change.kind not in ("added", "removed", "moved", "renamed"):
-            for prefix, value, colour in (("-", change.old, "red"), ("+", change.new, "green")):
-                for line in _value(value).split("\n"):
-                    console.print(f"    [{colour}]{prefix} {escape(line)}[/{colour}]")
+            for prefix, line in value_lines(change.old, change.new):
+                colour = {"-": "red", "+": "green"}.get(prefix, "dim")
+                console.print(f"    [{colour}]{prefix} {escape(line)}[/{colour}]")
         if change.affects:
             console.print(f"    [dim]affects: {escape(describe_affects(change.affects))}[/dim]")
     if shift is not None:
@@ -503,8 +516,7 @@ def render_markdown(old_label: str, new_label: str, result: Diff,
                     for op, text in change.words)
             elif change.kind not in ("added", "removed", "moved", "renamed"):
                 line += "\n\n  ```diff\n" + "".join(
-                    f"  {p} {text}\n" for p, v in (("-", change.old), ("+", change.new))
-                    for text in _value(v).split("\n")) + "  ```\n"
+                    f"  {p} {text}\n" for p, text in value_lines(change.old, change.new)) + "  ```\n"
             if change.affects:
                 line += f"  \n  affects: {describe_affects(change.affects)}"
             lines.append(line)

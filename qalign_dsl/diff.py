@@ -13,9 +13,12 @@ construction: two sources that compile to the same rubric have no differences.
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from qalign_dsl.check import significant_words
 
 # Below this similarity two unmatched entities are an unrelated removal and addition.
 MATCH_THRESHOLD = 0.5
@@ -73,9 +76,12 @@ class Diff:
 
 
 def similarity(a: str, b: str) -> float:
-    """Word-level similarity in [0, 1] (case-insensitive)."""
-    return difflib.SequenceMatcher(None, a.lower().split(), b.lower().split(),
-                                   autojunk=False).ratio()
+    """Similarity in [0, 1] of the significant words (questions share stems such as "How
+    well does the response", which say nothing about what is asked)."""
+    words_a, words_b = significant_words(a), significant_words(b)
+    if not words_a and not words_b:
+        return float(a.strip().lower() == b.strip().lower())
+    return difflib.SequenceMatcher(None, words_a, words_b, autojunk=False).ratio()
 
 
 def match(old: dict[str, Any], new: dict[str, Any],
@@ -117,34 +123,41 @@ def _nodes(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def expression(document: dict[str, Any], name: str) -> str:
     """The pooling expression that computes the named output, rebuilt from the graph."""
     nodes = _nodes(document)
+    precedence = {"add": 1, "sub": 1, "mul": 2, "div": 2}
 
-    def render(argument: Any, top: bool = False) -> str:
+    def render(argument: Any, top: bool = False) -> tuple[str, int]:
+        """Text and binding strength (3: atom or call, 2: * /, 1: + -, 0: if)."""
         if not isinstance(argument, str):
-            return _number(argument)
+            return _number(argument), 3
         if argument.startswith("q:") or argument not in nodes or ("#" not in argument and not top):
-            return argument.split(":", 1)[1] if ":" in argument else argument
+            return (argument.split(":", 1)[1] if ":" in argument else argument), 3
         node = nodes[argument]
         op, args = node["op"], node["args"]
         if op == "const":
-            return _number(args[0])
+            return _number(args[0]), 3
         if op == "value":
             return render(args[0])
-        if op in ("add", "sub", "mul", "div"):
+        if op in precedence:
             symbol = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[op]
-            return f"({render(args[0])} {symbol} {render(args[1])})"
+            (left, lp), (right, rp) = render(args[0]), render(args[1])
+            level = precedence[op]
+            left = f"({left})" if lp < level else left
+            right = f"({right})" if rp < level or (rp == level and op in ("sub", "div")) else right
+            return f"{left} {symbol} {right}", level
         if op == "neg":
-            return f"-{render(args[0])}"
+            text, level = render(args[0])
+            return f"-{text}" if level == 3 else f"-({text})", 3
         if op == "clip":
-            return f"clip({render(args[0])}, {_number(node['low'])}, {_number(node['high'])})"
+            return f"clip({render(args[0])[0]}, {_number(node['low'])}, {_number(node['high'])})", 3
         if op == "select":
-            return f"if {render(args[0])} then {render(args[1])} else {render(args[2])}"
-        inner = ", ".join(render(a) for a in args)
+            return (f"if {render(args[0])[0]} then {render(args[1])[0]} "
+                    f"else {render(args[2])[0]}"), 0
+        inner = ", ".join(render(a)[0] for a in args)
         if op == "wmean":
             inner += ", weights=[" + ", ".join(_number(w) for w in node["weights"]) + "]"
-        return f"{op}({inner})"
+        return f"{op}({inner})", 3
 
-    text = render(name, top=True)
-    return text[1:-1] if text.startswith("(") and text.endswith(")") else text
+    return render(name, top=True)[0]
 
 
 def _number(value: Any) -> str:
@@ -237,8 +250,9 @@ def diff_documents(old: dict[str, Any], new: dict[str, Any]) -> Diff:
     new_p = {p["id"]: p for p in new["principles"]}
 
     def question_score(a: dict[str, Any], b: dict[str, Any]) -> float:
-        # A small bonus for staying in the same dimension breaks ties between copies.
-        return similarity(a["text"], b["text"]) + (0.01 if a["dimension"] == b["dimension"] else 0)
+        # Moving to another dimension and being reworded at once needs closer text; the
+        # small margin also breaks ties between copies in favour of staying put.
+        return similarity(a["text"], b["text"]) - (0 if a["dimension"] == b["dimension"] else 0.1)
 
     q_map = match(old_q, new_q, question_score)
     d_map = match(old_d, new_d, lambda a, b: max(
@@ -397,10 +411,13 @@ def _scale_text(scale: dict[str, Any]) -> str:
 
 
 def _template_text(template: dict[str, Any]) -> str:
+    """The shared part of a template, one fact per line (strings JSON-quoted: one line)."""
     prefix = "".join(s if isinstance(s, str) else "{" + s["slot"] + "}" for s in template["prefix"])
-    return (f"system: {template.get('system') or ''}\nmode: {template['mode']}"
-            f"{' (answer prefix ' + repr(template['answer_prefix']) + ')' if template.get('answer_prefix') else ''}"
-            f"\nprefix: {prefix}")
+    lines = [f"system: {json.dumps(template.get('system') or '')}", f"mode: {template['mode']}"]
+    if template.get("answer_prefix"):
+        lines.append(f"answer_prefix: {json.dumps(template['answer_prefix'])}")
+    lines.append(f"shared prefix: {json.dumps(prefix)}")
+    return "\n".join(lines)
 
 
 def _template_changes(old: dict[str, Any], new: dict[str, Any], old_q: dict[str, Any],
@@ -436,8 +453,8 @@ def _template_changes(old: dict[str, Any], new: dict[str, Any], old_q: dict[str,
             example_a, example_b = suffix_changes[0] if suffix_changes else ("", "")
             changes.append(Change(
                 "template", "prompt", name, name,
-                shared_a + (f"\nper question (e.g.): {example_a}" if suffix_changes else ""),
-                shared_b + (f"\nper question (e.g.): {example_b}" if suffix_changes else ""),
+                shared_a + (f"\nper question, e.g.: {json.dumps(example_a)}" if suffix_changes else ""),
+                shared_b + (f"\nper question, e.g.: {json.dumps(example_b)}" if suffix_changes else ""),
                 affects=touched))
     return changes
 
