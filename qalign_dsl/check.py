@@ -63,6 +63,9 @@ def derive_block_id(title: str) -> str:
 class CheckResult:
     constitution: model.Constitution | None
     diagnostics: list[Diagnostic]
+    # A file of shared scales, templates and defaults only (no principles, reward or
+    # constitution block), meant to be imported: checked, but nothing to compile.
+    library: bool = False
 
     @property
     def ok(self) -> bool:
@@ -77,7 +80,7 @@ def check(program: Program, default_title: str = "constitution") -> CheckResult:
     diagnostics = sort_diagnostics(_dedupe(program.diagnostics + checker.diagnostics))
     if any(d.is_error for d in diagnostics):
         constitution = None
-    return CheckResult(constitution, diagnostics)
+    return CheckResult(constitution, diagnostics, checker.library)
 
 
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
@@ -175,6 +178,7 @@ class _Declared:
 
 class _Checker:
     def __init__(self, program: Program) -> None:
+        self.library = False
         self.program = program
         assert program.entry is not None
         self.entry: SourceFile = program.entry
@@ -199,10 +203,16 @@ class _Checker:
                        help="the file is empty; a constitution starts with `qal 1`")
             return None
         self._check_header(items)
+        self.library = any(isinstance(i, (nodes.ScaleDecl, nodes.TemplateDecl,
+                                          nodes.DefaultsDecl)) for i in items) and not any(
+            isinstance(i, (nodes.Principle, nodes.RewardDecl, nodes.ConstitutionDecl,
+                           nodes.RevisionDecl, nodes.OutputDecl)) for i in items)
         scales, templates = self._visible_in(self.entry, mark_local=True)
         title, metadata = self._constitution_meta(items, default_title)
         defaults = self._defaults(items)
         principles = self._structure(items)
+        if self.library:
+            return None  # shared declarations, checked as they are declared
         if not principles:
             end = self.entry.text.count("\n") + 1
             self.error("QAL105", Span(end, 1, end, 1), kind="constitution", name=title,

@@ -26,6 +26,12 @@ from qalign_dsl.parser import decode_source, parse
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+# The compiler needs none of these; the commands that judge, evaluate or train do.
+OPTIONAL_PACKAGES = {"torch": "judge", "transformers": "judge", "tokenizers": "judge",
+                     "httpx": "judge", "trl": "train", "datasets": "train",
+                     "accelerate": "train", "vllm": "vllm"}
+
+
 class UsageError(Exception):
     """A wrong invocation; printed as `qalc: error: …` with exit code 2."""
 
@@ -43,6 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("qalc: interrupted", style="red")
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as error:
+        package = (error.name or "").split(".")[0]
+        if package not in OPTIONAL_PACKAGES:
+            raise
+        console.print(f"qalc {arguments.command}: needs `{package}`, which is not installed: "
+                      f"pip install 'qalign-dsl[{OPTIONAL_PACKAGES[package]}]'", style="red",
+                      markup=False)
+        return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
 
@@ -131,6 +145,10 @@ def run_compile(arguments: argparse.Namespace, console: Console) -> int:
         target = arguments.output or Path("compiled") / f"{path.stem}.json"
         result = compile_file(path)
         _report(console, result.diagnostics)
+        if result.library:
+            console.print(f"{path}: a library (no principles or reward): checked, nothing to "
+                          "compile", style="green", markup=False)
+            continue
         if result.document is None or (arguments.strict and result.diagnostics):
             console.print(f"{path}: not compiled ({summarize(result.diagnostics)})", style="red")
             status = EXIT_PROBLEMS

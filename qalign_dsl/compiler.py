@@ -17,6 +17,7 @@ from qalign_dsl.modules import ReadBytes, load_program, load_text, read_file_byt
 class CompileResult:
     document: dict[str, Any] | None
     diagnostics: list[Diagnostic]
+    library: bool = False  # an import-only file: checked, nothing to compile
 
     @property
     def ok(self) -> bool:
@@ -33,7 +34,7 @@ def check_text(text: str, path: str = "<input>", read_bytes: ReadBytes = read_fi
 
 def compile_checked(result: CheckResult) -> CompileResult:
     if result.constitution is None:
-        return CompileResult(None, result.diagnostics)
+        return CompileResult(None, result.diagnostics, result.library and result.ok)
     return CompileResult(ir.finalize(lower(result.constitution)), result.diagnostics)
 
 

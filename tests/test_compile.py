@@ -177,3 +177,17 @@ def test_inline_text_compiles() -> None:
     result = compile_text((ROOT / "constitutions" / "tutorial.qal").read_text(), "tutorial.qal")
     assert result.document is not None
     assert result.document["hash"].startswith("sha256:")
+
+
+def test_import_only_files_are_libraries(capsys: pytest.CaptureFixture[str]) -> None:
+    """constitutions/lib/common.qal holds shared scales only: `check` and `compile --check`
+    accept it (so pre-commit can run them on every .qal file), an empty file is still an error."""
+    from qalign_dsl.cli import main
+
+    library = ROOT / "constitutions" / "lib" / "common.qal"
+    assert main(["check", str(library)]) == 0
+    assert main(["compile", "--check", str(library)]) == 0
+    assert "a library (no principles or reward)" in capsys.readouterr().err
+    result = compile_text("qal 1\n", "empty.qal")
+    assert result.document is None and not result.library
+    assert any(d.code == "QAL105" for d in result.diagnostics)
