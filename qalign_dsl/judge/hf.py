@@ -121,6 +121,22 @@ class TransformersBackend(TokenizerFacts):
             scores.append(_label_distribution(output.logits[0, -1].float(), label_tokens))
         return scores
 
+    # No constrained decoding here: `qalc expand` validates and retries instead.
+    structured_output = False
+
+    @torch.inference_mode()
+    def complete(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.7,
+                 seed: int = 0, json_schema: dict[str, Any] | None = None) -> str:
+        """One chat completion (sampled when temperature > 0), as text."""
+        ids = torch.tensor([self.encode(self.render_chat()(messages))], device=self.device)
+        torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 \
+            else {"do_sample": False}
+        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                  pad_token_id=self.tokenizer.pad_token_id, **sampling)
+        self.tokens_processed += int(out.shape[1])
+        return str(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
     @torch.inference_mode()
     def score_unshared(self, jobs: list[ScoringJob]) -> list[Scores]:
         """The baseline: every question prompt tokenized whole and run on its own."""

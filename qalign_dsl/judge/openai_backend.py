@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from typing import Any
 
 import httpx
@@ -61,6 +62,49 @@ class OpenAIBackend(TokenizerFacts):
         if self.model not in served:
             raise JudgeError(f"the server at {self.base_url} does not serve `{self.model}`; "
                              f"it serves: {', '.join(map(str, served)) or 'nothing'}")
+
+    # --- generation (qalc expand) -----------------------------------------------------------
+    # Through /chat/completions with an OpenAI `response_format` JSON schema, which vLLM's
+    # server (and OpenAI's) enforce by constrained decoding; `structured_output = False`
+    # sends plain requests (for servers without it).
+    structured_output = True
+
+    def complete(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.7,
+                 seed: int = 0, json_schema: dict[str, Any] | None = None) -> str:
+        payload: dict[str, Any] = {"model": self.model, "messages": messages,
+                                   "max_tokens": max_tokens, "temperature": temperature,
+                                   "seed": seed}
+        if json_schema is not None and self.structured_output:
+            payload["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "qalc_expand", "schema": json_schema, "strict": True}}
+        last_error = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random()))
+            try:
+                response = httpx.post(f"{self.base_url}/chat/completions", json=payload,
+                                      headers=self.headers, timeout=self.timeout)
+            except httpx.TimeoutException:
+                last_error = f"timed out after {self.timeout:g}s"
+                continue
+            except httpx.HTTPError as error:
+                last_error = f"{type(error).__name__}: {error}"
+                continue
+            if response.status_code in RETRYABLE_STATUS:
+                last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+                continue
+            if response.status_code != 200:
+                raise JudgeError(f"the server at {self.base_url} rejected a chat request (HTTP "
+                                 f"{response.status_code}): {response.text[:300]}")
+            try:
+                content = response.json()["choices"][0]["message"]["content"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise JudgeError(f"unexpected chat response from {self.base_url}: "
+                                 f"{response.text[:300]}") from None
+            self.tokens_processed += int(response.json().get("usage", {}).get("total_tokens", 0))
+            return str(content or "")
+        raise JudgeError(f"chat request to {self.base_url} failed after {self.retries + 1} "
+                         f"attempts: {last_error}")
 
     # --- scoring ---------------------------------------------------------------------------
     def score(self, jobs: list[ScoringJob]) -> list[Scores]:

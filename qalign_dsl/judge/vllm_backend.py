@@ -71,6 +71,22 @@ class VLLMBackend(TokenizerFacts):
             position += count
         return results
 
+    structured_output = True  # JSON-schema-constrained decoding (xgrammar)
+
+    def complete(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.7,
+                 seed: int = 0, json_schema: dict[str, Any] | None = None) -> str:
+        """One chat completion as text; constrained to `json_schema` when given."""
+        from vllm.sampling_params import StructuredOutputsParams
+
+        # No free whitespace between JSON tokens: it costs tokens and small models loop on it.
+        structured = (StructuredOutputsParams(json=json_schema, disable_any_whitespace=True)
+                      if json_schema else None)
+        params = self._sampling_params(max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                       structured_outputs=structured)
+        prompt = {"prompt_token_ids": self.encode(self.render_chat()(messages))}
+        output = self.llm.generate([prompt], params, use_tqdm=False)[0]
+        return str(output.outputs[0].text)
+
     def _reason(self, ids: list[int], answer_prefix: str) -> list[int]:
         stop = [answer_prefix.strip()] if answer_prefix.strip() else None
         params = self._sampling_params(max_tokens=self.max_reason_tokens, temperature=0.0, stop=stop)
