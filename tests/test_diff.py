@@ -263,3 +263,53 @@ def test_swapping_sides_mirrors_the_edits(case: str) -> None:
 def test_a_rubric_has_no_changes_against_itself(name: str) -> None:
     document = json.loads((ROOT / "compiled" / f"{name}.json").read_bytes())
     assert diff_documents(document, document).changes == []
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_edits_of_qalign_are_reported_exactly(seed: int) -> None:
+    """Delete, move and reword random graded questions of the 167-question constitution
+    (each in a different dimension); the diff must name exactly those questions."""
+    import random
+
+    from qalign_dsl.compiler import compile_text
+
+    lines = (ROOT / "constitutions" / "qalign.qal").read_text().split("\n")
+    dimensions = [i for i, line in enumerate(lines) if line.startswith("  dimension ")]
+    rng = random.Random(seed)
+    chosen = rng.sample(dimensions, 9)
+    graded_of = {d: [i for i in range(d + 1, len(lines)) if lines[i].startswith("    graded ")
+                     and i < next((e for e in dimensions if e > d), len(lines))] for d in chosen}
+    old = compile_text("\n".join(lines), "qalign.qal").document
+    assert old is not None
+    texts = {q["text"]: q["id"] for q in old["questions"]}
+
+    def text_of(line: str) -> str:
+        return line.split('"', 1)[1].rsplit('"', 1)[0]
+
+    deleted = [text_of(lines[graded_of[d][0]]) for d in chosen[:3]]
+    moved = [(text_of(lines[graded_of[d][0]]), chosen[3 + n]) for n, d in enumerate(chosen[6:9])]
+    reworded = [text_of(lines[graded_of[d][1]]) for d in chosen[6:9]]
+    edited = []
+    for number, line in enumerate(lines):
+        if line.startswith("    graded ") and text_of(line) in deleted:
+            continue
+        if line.startswith("    graded ") and text_of(line) in {t for t, _ in moved}:
+            continue
+        if line.startswith("    graded ") and text_of(line) in reworded:
+            line = line.replace("the response", "the reply", 1).replace("?", " in full?")
+        edited.append(line)
+        for text, target in moved:
+            if number == target:
+                edited.append(f'    graded "{text}"')
+    new = compile_text("\n".join(edited), "qalign.qal").document
+    assert new is not None
+    changes = diff_documents(old, new).changes
+    by_kind: dict[str, set[str]] = {}
+    for change in changes:
+        assert change.entity in ("question", "dimension"), change
+        by_kind.setdefault(change.kind, set()).add(str(change.old_id))
+    assert by_kind.pop("removed") == {texts[t] for t in deleted}
+    assert by_kind.pop("moved") == {texts[t] for t, _ in moved}
+    assert by_kind.pop("reworded") == {texts[t] for t in reworded}
+    by_kind.pop("renamed", None)  # a reword can change the derived id
+    assert not by_kind, by_kind
