@@ -54,6 +54,13 @@ def derive_question_id(text: str) -> str:
     return slug
 
 
+def _rule_text(pool: tuple[nodes.Expr, bool] | None) -> str:
+    """A pooling rule as written (formatted), kept in the IR for readers and `qalc diff`."""
+    from qalign_dsl.fmt import expression
+
+    return expression(pool[0]) if pool is not None else ""
+
+
 def derive_block_id(title: str) -> str:
     """An id for a principle or dimension: its title in snake_case."""
     return "_".join(re.findall(r"[a-z0-9]+", re.sub(r"['’]", "", title.lower())))
@@ -179,6 +186,7 @@ class _Declared:
 class _Checker:
     def __init__(self, program: Program) -> None:
         self.library = False
+        self._reward_rule: tuple[nodes.Expr, bool] | None = None
         self.program = program
         assert program.entry is not None
         self.entry: SourceFile = program.entry
@@ -259,7 +267,7 @@ class _Checker:
                     dimension_models.append(model.Dimension(
                         dimension.id, dimension.node.title.value, principle.id, dimension.weight,
                         _description(dimension.node.members),
-                        tuple(q.id for q in dimension.questions), expr,
+                        tuple(q.id for q in dimension.questions), expr, _rule_text(pool),
                     ))
             if not principle.dimensions:
                 continue
@@ -274,7 +282,7 @@ class _Checker:
                 principle_models.append(model.Principle(
                     principle.id, principle.node.title.value, principle.weight,
                     _description(principle.node.members),
-                    tuple(d.id for d in principle.dimensions), expr,
+                    tuple(d.id for d in principle.dimensions), expr, _rule_text(pool),
                 ))
 
         reward = self._reward(items, blocks, dims)
@@ -299,6 +307,7 @@ class _Checker:
             reward=reward,
             revision=revision,
             output=output,
+            reward_rule=_rule_text(self._reward_rule),
         )
 
     # --- header and metadata
@@ -790,6 +799,7 @@ class _Checker:
                        help="add e.g. `reward = min(harmlessness, mean(principles))`")
             return None
         scope = _Scope("reward", "reward", place="the reward")
+        self._reward_rule = (decl.expr, False)
         value = self._expr(decl.expr, scope, blocks, dims)
         return self._as_scalar(value, decl.expr, scope, "the reward")
 

@@ -275,23 +275,32 @@ def outline(document: dict[str, Any]) -> str:
     templates = document["prompt_program"]["templates"]
     for principle in document["principles"]:
         lines.append(f"principle {principle['id']} {principle['title']!r} weight={principle['weight']:g}")
-        lines.append(f"  pool = {expression(document, 'p:' + principle['id'])}")
+        lines += _pool_lines(document, "p:" + principle["id"], "  ")
         for dimension_id in principle["dimensions"]:
             dimension = next(d for d in document["dimensions"] if d["id"] == dimension_id)
             lines.append(f"  dimension {dimension_id} {dimension['title']!r} "
                          f"weight={dimension['weight']:g}")
-            lines.append(f"    pool = {expression(document, 'd:' + dimension_id)}")
+            lines += _pool_lines(document, "d:" + dimension_id, "    ")
             for question_id in dimension["questions"]:
                 q = questions[question_id]
                 lines.append(f"    {q['kind']} {question_id} {json.dumps(q['text'])} "
                              f"scale={q['scale']} weight={q['weight']:g} "
                              f"template={templates[q['template']]['name']}")
-    lines.append(f"reward = {expression(document, 'reward')}")
+    lines += _pool_lines(document, "reward", "")
     if document.get("revision_reward"):
         lines.append(f"revision_reward {json.dumps(document['revision_reward'], sort_keys=True)}")
     if document.get("output_format"):
         lines.append(f"output {json.dumps(document['output_format'], sort_keys=True)}")
     return "\n".join(lines) + "\n"
+
+
+def _pool_lines(document: dict[str, Any], name: str, indent: str) -> list[str]:
+    rule = document["aggregation"].get("rules", {}).get(name)
+    computed = expression(document, name)
+    label = "reward" if name == "reward" else "pool"
+    if rule is None:
+        return [f"{indent}{label} = {computed}"]
+    return [f"{indent}{label} = {rule}", f"{indent}  computes {computed}"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ MATCH_THRESHOLD = 0.5
 class Change:
     entity: str  # question | dimension | principle | scale | template | reward | constitution
     kind: str  # added | removed | moved | renamed | reworded | retitled | kind | scale | weight
-    #            | pooling | template | labels | scoring | prompt | revision_reward | output_format
+    #            | pooling | computation | template | labels | scoring | prompt
+    #            | revision_reward | output_format
     #            | metadata | description
     old_id: str | None
     new_id: str | None
@@ -469,6 +470,9 @@ def _pooling_changes(old: dict[str, Any], new: dict[str, Any], q_map: dict[str, 
                      affects: Callable[[str | None, str | None], list[str]]) -> list[Change]:
     """Compare each named output's pooling with old references renamed to new ones.
 
+    A difference is `pooling` when the rule as written changed (shown as written) and
+    `computation` when the rule is the same but what it computes is not (shown expanded).
+
     A reference that is a member on one side only — a question added to, removed from or
     moved into or out of this dimension (a dimension, for a principle), or one that exists
     on one side only — is dropped from both forms: that membership change is already
@@ -495,6 +499,9 @@ def _pooling_changes(old: dict[str, Any], new: dict[str, Any], q_map: dict[str, 
     pairs += [(f"p:{a}", f"p:{b}") for a, b in p_map.items()]
     pairs.append(("reward", "reward"))
     matched_new = {f"{k}:{v}" for k, table in maps.items() for v in table.values()}
+    # Rules as written (IR files from before rules were recorded have none).
+    old_rules: dict[str, str] = old["aggregation"].get("rules", {})
+    new_rules: dict[str, str] = new["aggregation"].get("rules", {})
     for a, b in pairs:
         before_members = {rename(m) for m in old_members.get(a, set())} - {None}
         after_members = new_members.get(b, set())
@@ -509,9 +516,16 @@ def _pooling_changes(old: dict[str, Any], new: dict[str, Any], q_map: dict[str, 
 
         before = canonical(old, a, keep_old, weights(old))
         after = canonical(new, b, keep_new, weights(new))
-        if before != after:
-            entity = {"d": "dimension", "p": "principle"}.get(b.split(":")[0], "reward")
-            changes.append(Change(entity, "pooling", a.partition(":")[2] or a,
-                                  b.partition(":")[2] or b, expression(old, a),
-                                  expression(new, b), affects=affects(a, b)))
+        if before == after:
+            continue
+        entity = {"d": "dimension", "p": "principle"}.get(b.split(":")[0], "reward")
+        rule_a, rule_b = old_rules.get(a), new_rules.get(b)
+        if rule_a is not None and rule_a == rule_b:
+            # Same rule, different computation: e.g. a question became a gate.
+            kind, shown_a, shown_b = "computation", expression(old, a), expression(new, b)
+        else:
+            kind = "pooling"
+            shown_a, shown_b = rule_a or expression(old, a), rule_b or expression(new, b)
+        changes.append(Change(entity, kind, a.partition(":")[2] or a, b.partition(":")[2] or b,
+                              shown_a, shown_b, affects=affects(a, b)))
     return changes

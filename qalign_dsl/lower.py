@@ -182,6 +182,11 @@ def lower_pooling(constitution: model.Constitution) -> dict[str, Any]:
             "principles": {p.id: f"p:{p.id}" for p in constitution.principles},
             "dimensions": {d.id: f"d:{d.id}" for d in constitution.dimensions},
         },
+        # Each output's pooling rule as written (inherited rules included): what a reader
+        # and `qalc diff` show; the nodes are what runs.
+        "rules": {**{f"d:{d.id}": d.rule for d in constitution.dimensions},
+                  **{f"p:{p.id}": p.rule for p in constitution.principles},
+                  "reward": constitution.reward_rule},
     }
 
 

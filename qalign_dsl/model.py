@@ -128,6 +128,7 @@ class Dimension:
     description: str
     question_ids: tuple[str, ...]
     pool: PoolExpr
+    rule: str = ""  # the pooling rule as written (formatted), e.g. `min(graded)`
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,7 @@ class Principle:
     description: str
     dimension_ids: tuple[str, ...]
     pool: PoolExpr
+    rule: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,3 +167,4 @@ class Constitution:
     reward: PoolExpr
     revision: RevisionReward | None
     output: OutputFormat | None
+    reward_rule: str = ""

@@ -28,6 +28,7 @@ EXPECTED_KINDS = {
     ("question", "scale"), ("question", "weight"), ("question", "template"),
     ("dimension", "added"), ("dimension", "moved"), ("dimension", "renamed"),
     ("dimension", "retitled"), ("dimension", "weight"), ("dimension", "pooling"),
+    ("dimension", "computation"),
     ("principle", "pooling"), ("reward", "pooling"), ("reward", "revision_reward"),
     ("reward", "output_format"), ("scale", "labels"), ("scale", "scoring"),
     ("template", "prompt"), ("constitution", "retitled"), ("constitution", "metadata"),
