@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -71,7 +72,7 @@ def run_expand(arguments: argparse.Namespace, console: Console) -> int:
     shape = Shape(arguments.dimensions, arguments.graded)
     try:
         brief: Brief = read_brief(arguments.principles)
-        model = load_backend(arguments.backend, arguments.model, device=arguments.device,
+        model: Any = load_backend(arguments.backend, arguments.model, device=arguments.device,
                              base_url=arguments.base_url, api_key=arguments.api_key,
                              tokenizer=arguments.tokenizer)
         if not hasattr(model, "complete"):
@@ -115,9 +116,9 @@ def run_expand(arguments: argparse.Namespace, console: Console) -> int:
         "",
     ]
     text = render_qal(brief, expansions, header)
-    result = check_text(text, str(output))
-    if not result.ok:
-        for diagnostic in result.diagnostics:
+    checked = check_text(text, str(output))
+    if not checked.ok:
+        for diagnostic in checked.diagnostics:
             print_diagnostic(console, diagnostic)
         console.print("qalc expand: the draft does not pass `qalc check`; nothing written",
                       style="red")

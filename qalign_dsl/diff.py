@@ -503,7 +503,7 @@ def _pooling_changes(old: dict[str, Any], new: dict[str, Any], q_map: dict[str, 
     old_rules: dict[str, str] = old["aggregation"].get("rules", {})
     new_rules: dict[str, str] = new["aggregation"].get("rules", {})
     for a, b in pairs:
-        before_members = {rename(m) for m in old_members.get(a, set())} - {None}
+        before_members = {r for m in old_members.get(a, set()) if (r := rename(m))}
         after_members = new_members.get(b, set())
         one_sided = before_members ^ after_members
 

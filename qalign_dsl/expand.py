@@ -114,8 +114,9 @@ def read_brief(path: Path) -> Brief:
     try:
         _validate_brief(raw)
     except fastjsonschema.JsonSchemaValueException as error:
-        where = error.name.replace("data", "", 1).lstrip(".") or "(top level)"
-        raise ExpandError(f"{path}: {where}: {error.message.replace(error.name + ' ', '')}") from None
+        name = error.name or "data"
+        where = name.replace("data", "", 1).lstrip(".") or "(top level)"
+        raise ExpandError(f"{path}: {where}: {error.message.replace(name + ' ', '')}") from None
     principles = []
     for item in raw["principles"]:
         dimensions = [DimensionSpec(d) if isinstance(d, str) else
@@ -133,7 +134,8 @@ def _brief_from_skeleton(path: Path, data: bytes) -> Brief:
     parsed = parse(text, str(path)) if text is not None and not problems else None
     if parsed is None or parsed.module is None:
         first = (problems or (parsed.diagnostics if parsed else []))[:1]
-        reason = f"{first[0].line}:{first[0].column}: {first[0].message}" if first else "unreadable"
+        reason = (f"{first[0].span.line}:{first[0].span.column}: {first[0].message}" if first
+                  else "unreadable")
         raise ExpandError(f"{path}: not a valid .qal skeleton: {reason} (run `qalc check {path}`)")
     title, description, reward = path.stem.replace("_", " ").title(), "", ""
     principles: list[PrincipleSpec] = []
@@ -225,7 +227,7 @@ def task_prompt(principle: PrincipleSpec, shape: Shape) -> str:
         lines.append("Dimensions (use exactly these names):")
         lines += [f"- {d.name}" + (f": {d.description}" if d.description else "")
                   for d in principle.dimensions]
-        example = {"dimensions": {principle.dimensions[0].name: {
+        example: dict[str, Any] = {"dimensions": {principle.dimensions[0].name: {
             "binary": ["Does the response ...?"], "graded": ["How well does the response ...?"]}}}
     else:
         lines.append(f"Propose {shape.dimensions} distinct dimensions of this principle.")

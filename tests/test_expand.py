@@ -224,3 +224,13 @@ def test_vllm_server_without_structured_output_retries_then_fails(
     err = capsys.readouterr().err
     assert code == 1 and "Harmlessness: attempt 2/2" in err and "no valid answer" in err, err
     assert not output.exists()
+
+
+def test_a_broken_skeleton_is_reported_with_its_position(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "skeleton.qal"
+    path.write_text('qal 1\nprinciple "Safety" {\n  dimension "Care" {\n')
+    with pytest.raises(ExpandError, match=r"not a valid \.qal skeleton: 3:20: unclosed `{`"):
+        read_brief(path)
+    assert main(["expand", str(path), "--backend", "transformers", "--model", "x"]) == 1
+    assert "not a valid .qal skeleton" in capsys.readouterr().err
