@@ -12,9 +12,9 @@ prefix cache (vLLM's automatic prefix caching) shares the response's prefix.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
-import time
 from typing import Any
 
 import httpx
@@ -77,34 +77,22 @@ class OpenAIBackend(TokenizerFacts):
         if json_schema is not None and self.structured_output:
             payload["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "qalc_expand", "schema": json_schema, "strict": True}}
-        last_error = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random()))
-            try:
-                response = httpx.post(f"{self.base_url}/chat/completions", json=payload,
-                                      headers=self.headers, timeout=self.timeout)
-            except httpx.TimeoutException:
-                last_error = f"timed out after {self.timeout:g}s"
-                continue
-            except httpx.HTTPError as error:
-                last_error = f"{type(error).__name__}: {error}"
-                continue
-            if response.status_code in RETRYABLE_STATUS:
-                last_error = f"HTTP {response.status_code}: {response.text[:200]}"
-                continue
-            if response.status_code != 200:
-                raise JudgeError(f"the server at {self.base_url} rejected a chat request (HTTP "
-                                 f"{response.status_code}): {response.text[:300]}")
-            try:
-                content = response.json()["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise JudgeError(f"unexpected chat response from {self.base_url}: "
-                                 f"{response.text[:300]}") from None
-            self.tokens_processed += int(response.json().get("usage", {}).get("total_tokens", 0))
-            return str(content or "")
-        raise JudgeError(f"chat request to {self.base_url} failed after {self.retries + 1} "
-                         f"attempts: {last_error}")
+
+        async def chat() -> dict[str, Any] | str:
+            async with httpx.AsyncClient(headers=self.headers,
+                                         timeout=httpx.Timeout(self.timeout)) as client:
+                return await self._post(client, asyncio.Semaphore(1), payload, "/chat/completions")
+
+        body = asyncio.run(chat())
+        if isinstance(body, str):
+            raise JudgeError(f"chat request to {self.base_url}: {body}")
+        try:
+            content = body["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise JudgeError(f"unexpected chat response from {self.base_url}: "
+                             f"{json.dumps(body)[:300]}") from None
+        self.tokens_processed += int(body.get("usage", {}).get("total_tokens", 0))
+        return str(content or "")
 
     # --- scoring ---------------------------------------------------------------------------
     def score(self, jobs: list[ScoringJob]) -> list[Scores]:
@@ -147,15 +135,15 @@ class OpenAIBackend(TokenizerFacts):
         return body if isinstance(body, str) else self._parse(body, label_tokens)
 
     async def _post(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
-                    payload: dict[str, Any]) -> dict[str, Any] | str:
-        """POST /completions with retries; the JSON body, or why it failed."""
+                    payload: dict[str, Any], path: str = "/completions") -> dict[str, Any] | str:
+        """POST `path` with retries; the JSON body, or why it failed."""
         last_error = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random()))
             try:
                 async with semaphore:
-                    response = await client.post(f"{self.base_url}/completions", json=payload)
+                    response = await client.post(f"{self.base_url}{path}", json=payload)
             except httpx.TimeoutException:
                 last_error = f"timed out after {self.timeout:g}s"
                 continue
@@ -166,11 +154,15 @@ class OpenAIBackend(TokenizerFacts):
                 last_error = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
             if response.status_code != 200:
-                raise JudgeError(f"the judge server rejected a request (HTTP "
-                                 f"{response.status_code}): {response.text[:300]}")
-            body: dict[str, Any] = response.json()
+                raise JudgeError(f"the server at {self.base_url} rejected a request to {path} "
+                                 f"(HTTP {response.status_code}): {response.text[:300]}")
+            try:
+                body: dict[str, Any] = response.json()
+            except ValueError:
+                raise JudgeError(f"the server at {self.base_url} answered {path} with "
+                                 f"something other than JSON: {response.text[:300]}") from None
             return body
-        return f"judge request failed after {self.retries + 1} attempts: {last_error}"
+        return f"request failed after {self.retries + 1} attempts: {last_error}"
 
     def _parse(self, body: dict[str, Any], label_tokens: list[int]) -> list[float] | str:
         try:
