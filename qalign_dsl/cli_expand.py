@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from qalign_dsl.cli_score import add_backend_arguments, make_backend
 from qalign_dsl.console import print_diagnostic
 from qalign_dsl.files import write_atomic
 
@@ -24,13 +26,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("principles", type=Path, metavar="PRINCIPLES",
                         help="principles.yaml, or a .qal skeleton with principles and "
                              "optional dimensions")
-    parser.add_argument("--backend", choices=["transformers", "vllm", "openai"], required=True)
-    parser.add_argument("--model", required=True, help="model path or served model name")
-    parser.add_argument("--base-url", help="the server for --backend openai, e.g. "
-                                           "http://127.0.0.1:8000/v1")
-    parser.add_argument("--api-key", default="EMPTY")
-    parser.add_argument("--tokenizer", help="tokenizer path for --backend openai (default: --model)")
-    parser.add_argument("--device", default="cpu")
+    add_backend_arguments(parser, "--model", "model path or served model name",
+                          default_backend=None)
     parser.add_argument("-o", "--output", type=Path, help="the draft (default: PRINCIPLES stem + .qal)")
     parser.add_argument("--dimensions", type=int, default=4,
                         help="dimensions to propose for a principle that lists none (default 4)")
@@ -60,7 +57,7 @@ def run_expand(arguments: argparse.Namespace, console: Console) -> int:
         render_qal,
         task_prompt,
     )
-    from qalign_dsl.judge.backend import JudgeError, load_backend
+    from qalign_dsl.judge.backend import JudgeError
 
     if min(arguments.dimensions, arguments.graded, arguments.attempts) < 1:
         console.print("qalc expand: --dimensions, --graded and --attempts must be at least 1",
@@ -72,9 +69,7 @@ def run_expand(arguments: argparse.Namespace, console: Console) -> int:
     shape = Shape(arguments.dimensions, arguments.graded)
     try:
         brief: Brief = read_brief(arguments.principles)
-        model: Any = load_backend(arguments.backend, arguments.model, device=arguments.device,
-                             base_url=arguments.base_url, api_key=arguments.api_key,
-                             tokenizer=arguments.tokenizer)
+        model: Any = make_backend(arguments)
         if not hasattr(model, "complete"):
             raise ExpandError(f"the {arguments.backend} backend cannot generate text")
         if arguments.no_structured:
@@ -110,7 +105,7 @@ def run_expand(arguments: argparse.Namespace, console: Console) -> int:
         f"{'schema-constrained decoding' if any(e.structured for e in expansions) else 'validated, with retries'}; "
         f"attempts per principle: {', '.join(str(e.attempts) for e in expansions)}).",
         "System prompt:",
-        *[f"  {line}" for line in _wrap(SYSTEM_PROMPT)],
+        *[f"  {line}" for line in textwrap.wrap(SYSTEM_PROMPT, 88)],
         f"Task prompt (for `{example.name}`; the others differ only in the principle):",
         *[f"  {line}" for line in task_prompt(example, shape).split("\n")],
         "",
@@ -129,9 +124,3 @@ def run_expand(arguments: argparse.Namespace, console: Console) -> int:
                   f"{sum(len(e.dimensions) for e in expansions)} dimensions, {questions} questions "
                   f"(passes `qalc check`)", style="green", markup=False)
     return EXIT_OK
-
-
-def _wrap(text: str, width: int = 88) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width)

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 from rich.tree import Tree
 
+from qalign_dsl.cli import UsageError
 from qalign_dsl.cli_aggregate import evaluation_lists, load_rubric, print_summary
 
 if TYPE_CHECKING:
@@ -34,22 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "(JSONL with `prompt`, `response` and optional `id`).")
     parser.add_argument("compiled", type=Path, metavar="COMPILED")
     parser.add_argument("data", type=Path, metavar="DATA")
-    parser.add_argument("--backend", choices=["transformers", "vllm", "openai"],
-                        default="transformers")
-    parser.add_argument("--model", required=True, help="model path or name")
-    parser.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"))
-    parser.add_argument("--tokenizer", help="openai: the judge's tokenizer (default: --model)")
-    parser.add_argument("--top-logprobs", type=int, default=20,
-                        help="openai: logprobs requested per answer (servers allow up to 20 "
-                        "by default)")
-    parser.add_argument("--device", default="cpu", help="transformers device (default: cpu)")
-    parser.add_argument("--dtype", default="auto", help="model dtype for transformers and vllm (auto, float32, bfloat16)")
-    parser.add_argument("--chunk-tokens", type=int, default=1024,
-                        help="transformers: question tokens packed per forward pass")
-    parser.add_argument("--concurrency", type=int, default=16, help="openai: requests in flight")
-    parser.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request")
-    parser.add_argument("--retries", type=int, default=3, help="openai: retries per request")
+    add_backend_arguments(parser, "--model", "model path or name", default_backend="transformers")
     parser.add_argument("--batch-size", type=int, default=8, help="samples judged per step")
     parser.add_argument("--cache", type=Path, default=Path(".qalc-cache/answers.sqlite"),
                         help="answer cache (SQLite); --no-cache to disable")
@@ -126,22 +112,40 @@ def finished_ids(output: Path) -> set[str]:
     return finished
 
 
+def add_backend_arguments(parser: argparse.ArgumentParser, model_flag: str, model_help: str,
+                          default_backend: str | None) -> None:
+    """The judge-backend options of score, synth and expand (read by `make_backend`);
+    `default_backend` None makes --backend required."""
+    parser.add_argument("--backend", choices=["transformers", "vllm", "openai"],
+                        default=default_backend, required=default_backend is None)
+    parser.add_argument(model_flag, dest="model", required=True, help=model_help)
+    parser.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"))
+    parser.add_argument("--tokenizer", help=f"openai: the model's tokenizer (default: {model_flag})")
+    parser.add_argument("--top-logprobs", type=int, default=20,
+                        help="openai: logprobs requested per answer (servers allow up to 20 "
+                        "by default)")
+    parser.add_argument("--device", default="cpu", help="transformers device (default: cpu)")
+    parser.add_argument("--dtype", default="auto", help="model dtype for transformers and vllm (auto, float32, bfloat16)")
+    parser.add_argument("--chunk-tokens", type=int, default=1024,
+                        help="transformers: question tokens packed per forward pass")
+    parser.add_argument("--concurrency", type=int, default=16, help="openai: requests in flight")
+    parser.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request")
+    parser.add_argument("--retries", type=int, default=3, help="openai: retries per request")
+
+
 def make_backend(arguments: argparse.Namespace) -> Any:
-    """The judge backend from command-line arguments (shared by score and synth)."""
+    """The backend from `add_backend_arguments`' options (score, synth, expand)."""
     from qalign_dsl.judge.backend import load_backend
 
     if arguments.backend == "openai" and not arguments.base_url:
-        raise _Usage("--backend openai needs --base-url")
+        raise UsageError("--backend openai needs --base-url")
     return load_backend(arguments.backend, arguments.model, device=arguments.device,
                         dtype=arguments.dtype, chunk_tokens=arguments.chunk_tokens,
                         base_url=arguments.base_url, api_key=arguments.api_key,
                         tokenizer=arguments.tokenizer, concurrency=arguments.concurrency,
                         timeout=arguments.timeout, retries=arguments.retries,
                         top_logprobs=arguments.top_logprobs)
-
-
-class _Usage(Exception):
-    pass
 
 
 def run_score(arguments: argparse.Namespace, console: Console) -> int:
@@ -168,9 +172,6 @@ def run_score(arguments: argparse.Namespace, console: Console) -> int:
         backend = make_backend(arguments)
         cache = None if arguments.no_cache else AnswerCache(arguments.cache)
         judge = Judge(rubric.document, backend, cache)
-    except _Usage as error:
-        console.print(f"qalc: error: {error}", style="red", markup=False)
-        return EXIT_USAGE
     except (JudgeError, LabelTokenError) as error:
         console.print(f"judge: {error}", style="red", markup=False)
         return EXIT_PROBLEMS

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from qalign_dsl.cli_aggregate import load_rubric
-from qalign_dsl.cli_score import finished_ids, make_backend
+from qalign_dsl.cli_score import add_backend_arguments, finished_ids, make_backend
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
 
@@ -36,19 +36,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--reviser", help="model that writes revisions (default: --policy)")
     parser.add_argument("--critic", help="model that writes reflections (default: a template "
                         "from the rubric's findings)")
-    parser.add_argument("--judge", required=True, help="judge model path or name")
-    parser.add_argument("--backend", choices=["transformers", "vllm", "openai"],
-                        default="transformers", help="judge backend")
-    parser.add_argument("--base-url")
-    parser.add_argument("--api-key", default="EMPTY")
-    parser.add_argument("--tokenizer")
-    parser.add_argument("--top-logprobs", type=int, default=20)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--retries", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--chunk-tokens", type=int, default=1024)
+    add_backend_arguments(parser, "--judge", "judge model path or name",
+                          default_backend="transformers")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--margin", type=float, default=0.0,
@@ -108,7 +97,6 @@ def run_synth(arguments: argparse.Namespace, console: Console) -> int:
     if done:
         console.print(f"resuming: {len(done)} prompt(s) already decided, {len(todo)} to go",
                       style="cyan")
-    arguments.model = arguments.judge
     try:
         judge = Judge(rubric.document, make_backend(arguments))
         policy = HFGenerator(arguments.policy, arguments.device, arguments.max_new_tokens,

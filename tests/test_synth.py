@@ -110,3 +110,13 @@ def test_bad_prompts_file_is_reported(tiny_model: Path, tmp_path: Path,
     assert main(["synth", str(COMPILED), str(prompts), "--policy", str(tiny_model), "--judge",
                  str(tiny_model), "-o", str(tmp_path / "o.jsonl")]) == 1
     assert "prompts.jsonl:2: missing `prompt`" in capsys.readouterr().err
+
+
+def test_openai_backend_without_url_is_a_usage_error(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hi"}\n')
+    code = main(["synth", str(ROOT / "compiled" / "tutorial.json"), str(prompts), "--policy", "p",
+                 "--judge", "j", "--backend", "openai", "-o", str(tmp_path / "out.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--backend openai needs --base-url" in err and "Traceback" not in err
