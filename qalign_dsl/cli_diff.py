@@ -79,7 +79,7 @@ def load_side(spec: str, console: Console, shown_as: str | None = None) -> Side:
     path = Path(spec)
     if path.exists():
         return Side(shown_as or spec, _load_path(path, console, shown_as))
-    if ":" in spec and not path.exists():
+    if ":" in spec:
         revision, _, inside = spec.partition(":")
         if revision and inside:
             return Side(spec, _load_revision(revision, inside, console))

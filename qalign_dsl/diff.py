@@ -201,13 +201,18 @@ def canonical(document: dict[str, Any], name: str, rename: Callable[[str], str |
     return walk(name, top=True)
 
 
-def reachable_outputs(document: dict[str, Any], start: str) -> list[str]:
-    """Named outputs (d:, p:, reward) whose value depends on node or question `start`."""
+def consumers_of(document: dict[str, Any]) -> dict[str, list[str]]:
+    """Node or question id -> the nodes that read it (the graph's reverse edges)."""
     consumers: dict[str, list[str]] = {}
     for node in document["aggregation"]["nodes"]:
         for argument in node["args"]:
             if isinstance(argument, str):
                 consumers.setdefault(argument, []).append(node["id"])
+    return consumers
+
+
+def reachable_outputs(consumers: dict[str, list[str]], start: str) -> list[str]:
+    """Named outputs (d:, p:, reward) whose value depends on node or question `start`."""
     seen: set[str] = set()
     stack = [start]
     while stack:
@@ -261,10 +266,12 @@ def diff_documents(old: dict[str, Any], new: dict[str, Any]) -> Diff:
     p_map = match(old_p, new_p, lambda a, b: max(
         similarity(a["title"], b["title"]), _overlap(a["dimensions"], b["dimensions"], d_map)))
 
+    old_consumers, new_consumers = consumers_of(old), consumers_of(new)
+
     def affects(old_node: str | None, new_node: str | None) -> list[str]:
-        names = set(reachable_outputs(new, new_node)) if new_node else set()
+        names = set(reachable_outputs(new_consumers, new_node)) if new_node else set()
         if old_node:
-            for name in reachable_outputs(old, old_node):
+            for name in reachable_outputs(old_consumers, old_node):
                 kind, _, ident = name.partition(":")
                 mapped = {"d": d_map, "p": p_map}.get(kind, {}).get(ident, ident) if ident else None
                 names.add(f"{kind}:{mapped}" if mapped else name)
@@ -389,8 +396,7 @@ def _scale_changes(old: dict[str, Any], new: dict[str, Any],
     changes = []
     for name in sorted(old_s.keys() & new_s.keys()):
         a, b = old_s[name], new_s[name]
-        users = [q["id"] for q in new["questions"] if q["scale"] == name]
-        touched = sorted({o for q in users for o in affects(None, f"q:{q}")}, key=_output_order)
+        touched = _affected_by(new, "scale", name, affects)
         if (a["labels"], a["values"], a.get("fail_label"), a.get("na_label")) != (
                 b["labels"], b["values"], b.get("fail_label"), b.get("na_label")):
             changes.append(Change("scale", "labels", name, name, _scale_text(a), _scale_text(b),
@@ -399,6 +405,15 @@ def _scale_changes(old: dict[str, Any], new: dict[str, Any],
             changes.append(Change("scale", "scoring", name, name, a.get("scoring"),
                                   b.get("scoring"), affects=touched))
     return changes
+
+
+def _affected_by(document: dict[str, Any], field: str, value: Any,
+                 affects: Callable[[str | None, str | None], list[str]]) -> list[str]:
+    """The outputs affected through every question of `document` whose `field` is `value`
+    (the questions using a scale or a template)."""
+    names = {name for q in document["questions"] if q[field] == value
+             for name in affects(None, f"q:{q['id']}")}
+    return sorted(names, key=_output_order)
 
 
 def _scale_text(scale: dict[str, Any]) -> str:
@@ -431,11 +446,11 @@ def _template_changes(old: dict[str, Any], new: dict[str, Any], old_q: dict[str,
     new_t = {t["name"]: (i, t) for i, t in enumerate(new["prompt_program"]["templates"])}
     old_titles = _titles(old)
     new_titles = _titles(new)
+    old_position = {q["id"]: n for n, q in enumerate(old["questions"])}
+    new_position = {q["id"]: n for n, q in enumerate(new["questions"])}
     changes = []
     for name in sorted(old_t.keys() & new_t.keys()):
         (i, a), (j, b) = old_t[name], new_t[name]
-        users = [q["id"] for q in new["questions"] if q["template"] == j]
-        touched = sorted({o for q in users for o in affects(None, f"q:{q}")}, key=_output_order)
         shared_a, shared_b = _template_text(a), _template_text(b)
         suffix_changes = []
         for qa, qb in q_map.items():
@@ -446,8 +461,8 @@ def _template_changes(old: dict[str, Any], new: dict[str, Any], old_q: dict[str,
             own_b = (y["text"], y["labels"], new_titles[y["dimension"]])
             if own_a != own_b:
                 continue
-            sa = old["prompt_program"]["suffixes"][old["questions"].index(x)]
-            sb = new["prompt_program"]["suffixes"][new["questions"].index(y)]
+            sa = old["prompt_program"]["suffixes"][old_position[qa]]
+            sb = new["prompt_program"]["suffixes"][new_position[qb]]
             if sa != sb:
                 suffix_changes.append(("".join(sa), "".join(sb)))
         if shared_a != shared_b or suffix_changes:
@@ -456,7 +471,7 @@ def _template_changes(old: dict[str, Any], new: dict[str, Any], old_q: dict[str,
                 "template", "prompt", name, name,
                 shared_a + (f"\nper question, e.g.: {json.dumps(example_a)}" if suffix_changes else ""),
                 shared_b + (f"\nper question, e.g.: {json.dumps(example_b)}" if suffix_changes else ""),
-                affects=touched))
+                affects=_affected_by(new, "template", j, affects)))
     return changes
 
 
