@@ -14,6 +14,7 @@ from typing import Union
 
 from qalign_dsl import codes, model, nodes
 from qalign_dsl.diagnostics import Diagnostic, Span, sort_diagnostics
+from qalign_dsl.fmt import expression
 from qalign_dsl.modules import Program, SourceFile
 from qalign_dsl.parser import LANGUAGE_VERSION
 
@@ -56,8 +57,6 @@ def derive_question_id(text: str) -> str:
 
 def _rule_text(pool: tuple[nodes.Expr, bool] | None) -> str:
     """A pooling rule as written (formatted), kept in the IR for readers and `qalc diff`."""
-    from qalign_dsl.fmt import expression
-
     return expression(pool[0]) if pool is not None else ""
 
 
@@ -186,7 +185,6 @@ class _Declared:
 class _Checker:
     def __init__(self, program: Program) -> None:
         self.library = False
-        self._reward_rule: tuple[nodes.Expr, bool] | None = None
         self.program = program
         assert program.entry is not None
         self.entry: SourceFile = program.entry
@@ -285,7 +283,7 @@ class _Checker:
                     tuple(d.id for d in principle.dimensions), expr, _rule_text(pool),
                 ))
 
-        reward = self._reward(items, blocks, dims)
+        reward, reward_rule = self._reward(items, blocks, dims)
         self._check_cycles(dependencies, anchors)
         revision = self._revision(items)
         output = self._output(items)
@@ -307,7 +305,7 @@ class _Checker:
             reward=reward,
             revision=revision,
             output=output,
-            reward_rule=_rule_text(self._reward_rule),
+            reward_rule=reward_rule,
         )
 
     # --- header and metadata
@@ -791,17 +789,18 @@ class _Checker:
         return self._as_scalar(value, expr, scope, "a pooling rule")
 
     def _reward(self, items: tuple[nodes.Item, ...], blocks: dict[str, _PrincipleDraft],
-                dims: dict[str, _DimensionDraft]) -> model.PoolExpr | None:
+                dims: dict[str, _DimensionDraft]) -> tuple[model.PoolExpr | None, str]:
+        """The reward and its rule as written."""
         decl = self._single(items, nodes.RewardDecl, "`reward`")
         if not isinstance(decl, nodes.RewardDecl):
             end = self.entry.text.count("\n") + 1
             self.error("QAL113", Span(end, 1, end, 1),
                        help="add e.g. `reward = min(harmlessness, mean(principles))`")
-            return None
+            return None, ""
         scope = _Scope("reward", "reward", place="the reward")
-        self._reward_rule = (decl.expr, False)
         value = self._expr(decl.expr, scope, blocks, dims)
-        return self._as_scalar(value, decl.expr, scope, "the reward")
+        return (self._as_scalar(value, decl.expr, scope, "the reward"),
+                _rule_text((decl.expr, False)))
 
     def _as_scalar(self, value: _Value | None, expr: nodes.Expr, scope: _Scope,
                    what: str) -> model.PoolExpr | None:
