@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,6 @@ def _synth(arguments: argparse.Namespace, console: Console, dropped_path: Path) 
     from qalign_dsl.judge.backend import JudgeError
     from qalign_dsl.judge.labels import LabelTokenError
     from qalign_dsl.judge.runtime import Judge
-    from qalign_dsl.training.synth import synthesize
-    from qalign_dsl.training.vllm_generate import load_synth_generator
 
     if arguments.pairs and (arguments.samples < 2 or arguments.pairs_per_prompt < 1):
         raise UsageError("--pairs needs --samples of at least 2 and --pairs-per-prompt of at "
@@ -141,63 +140,134 @@ def _synth(arguments: argparse.Namespace, console: Console, dropped_path: Path) 
     items = _read_prompts(arguments.prompts, console, arguments) if rubric is not None else None
     if rubric is None or items is None:
         return ExitCode.PROBLEMS
-    if arguments.pairs:
-        return _run_pairs(arguments, console, rubric.document, items)
     outputs = ResumableOutput(arguments.output), ResumableOutput(dropped_path)
-    done = outputs[0].finished() | outputs[1].finished()
+    if arguments.pairs:
+        done = decided_prompts(arguments.output) | decided_prompts(dropped_path)
+    else:
+        done = outputs[0].finished() | outputs[1].finished()
     todo = [item for item in items if item[0] not in done]
     if done:
         console.print(f"resuming: {len(done)} prompt(s) already decided, {len(todo)} to go",
                       style="cyan")
     try:
         judge = Judge(rubric.document, make_backend(arguments))
-        def load(model: str, temperature: float) -> Any:
-            return load_synth_generator(model, arguments.engine, arguments.device,
-                                        arguments.max_new_tokens, temperature)
-
-        policy = load(arguments.policy, arguments.temperature)
-        reviser = policy if not arguments.reviser or arguments.reviser == arguments.policy else \
-            load(arguments.reviser, arguments.temperature)
-        critic = load(arguments.critic, 0.0) if arguments.critic else None
+        mode = (_pairs_mode(arguments, rubric.document, judge) if arguments.pairs
+                else _sft_mode(arguments, rubric.document, judge))
     except (JudgeError, LabelTokenError, OSError, ValueError) as error:
         console.print(f"synth: {error}", style="red", markup=False)
         return ExitCode.PROBLEMS
+    return _run_batches(arguments, console, todo, outputs, mode)
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """One output row: kept (OUT) or dropped (the sidecar), and what the summary averages."""
+
+    record: dict[str, Any]
+    kept: bool
+    gain: float | None = None
+
+
+@dataclass(frozen=True)
+class _Mode:
+    """What differs between SFT synthesis and pair ranking; the batch loop is shared."""
+
+    verb: str                    # the progress bar's: "synthesizing" / "ranking pairs"
+    done: str                    # the summary's: "synthesized" / "ranked"
+    decide: Callable[[list[tuple[str, Any]]], list[_Decided]]
+    columns: tuple[str, str, str]  # kept, dropped, mean gain
+
+
+def _sft_mode(arguments: argparse.Namespace, document: Mapping[str, Any], judge: Any) -> _Mode:
+    from qalign_dsl.training.synth import synthesize
+    from qalign_dsl.training.vllm_generate import load_synth_generator
+
+    def load(model: str, temperature: float) -> Any:
+        return load_synth_generator(model, arguments.engine, arguments.device,
+                                    arguments.max_new_tokens, temperature)
+
+    policy = load(arguments.policy, arguments.temperature)
+    reviser = policy if not arguments.reviser or arguments.reviser == arguments.policy else \
+        load(arguments.reviser, arguments.temperature)
+    critic = load(arguments.critic, 0.0) if arguments.critic else None
+
+    def decide(batch: list[tuple[str, Any]]) -> list[_Decided]:
+        decided = []
+        for row in synthesize(document, judge, policy, reviser, batch, arguments.margin, critic):
+            provenance = row.record["provenance"]
+            gain = provenance["revision_reward"] - provenance["draft_reward"]
+            decided.append(_Decided(row.record, row.kept, gain if row.kept else None))
+        return decided
+
+    return _Mode("synthesizing", "synthesized", decide,
+                 ("kept", "dropped", "mean improvement (kept)"))
+
+
+def _pairs_mode(arguments: argparse.Namespace, document: Mapping[str, Any], judge: Any) -> _Mode:
+    from qalign_dsl.training.pairs import rank_pairs
+    from qalign_dsl.training.vllm_generate import load_synth_generator
+
+    policy: Any = load_synth_generator(arguments.policy, arguments.engine, arguments.device,
+                                       arguments.max_new_tokens, arguments.temperature or 1.0,
+                                       seed=arguments.seed)
+
+    def decide(batch: list[tuple[str, Any]]) -> list[_Decided]:
+        decided = []
+        for result in rank_pairs(document, judge, policy, batch, arguments.samples,
+                                 arguments.margin, arguments.pairs_per_prompt):
+            for row in result.rows:
+                provenance = row["provenance"]
+                gap = provenance["chosen_reward"] - provenance["rejected_reward"]
+                decided.append(_Decided(row, True, gap))
+            if not result.rows:
+                decided.append(_Decided({"id": result.prompt_id, "provenance": {
+                    "prompt_id": result.prompt_id, "sample_rewards": result.rewards,
+                    "reason": f"no pair differs by more than --margin {arguments.margin}"}},
+                    False))
+        return decided
+
+    return _Mode("ranking pairs", "ranked", decide,
+                 ("pairs", "prompts without a pair", "mean reward gap"))
+
+
+def _run_batches(arguments: argparse.Namespace, console: Console, todo: list[tuple[str, Any]],
+                 outputs: tuple[ResumableOutput, ResumableOutput], mode: _Mode) -> int:
+    """Decide `todo` a batch at a time, each row flushed as soon as its batch is decided, so
+    a kill loses at most the batch in flight and a rerun resumes after the last flushed row."""
+    from qalign_dsl.judge.backend import JudgeError
+
     kept = dropped = 0
     gains: list[float] = []
-    progress = Progress(TextColumn("synthesizing"), BarColumn(), MofNCompleteColumn(),
+    progress = Progress(TextColumn(mode.verb), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=console, transient=True)
     started = time.perf_counter()
     with progress, outputs[0].open() as out, outputs[1].open() as rejected:
-        task = progress.add_task("synth", total=len(todo))
+        task = progress.add_task(mode.verb, total=len(todo))
         for start in range(0, len(todo), arguments.batch_size):
             batch = todo[start:start + arguments.batch_size]
             try:
-                rows = synthesize(rubric.document, judge, policy, reviser, batch,
-                                  arguments.margin, critic)
+                decided = mode.decide(batch)
             except JudgeError as error:
                 console.print(f"judge: {error}; decided rows are saved — rerun to resume",
                               style="red", markup=False)
                 return ExitCode.PROBLEMS
-            for row in rows:
-                sink = out if row.kept else rejected
-                sink.write(json.dumps(row.record, ensure_ascii=False) + "\n")
-                sink.flush()
-                provenance = row.record["provenance"]
-                if row.kept:
-                    kept += 1
-                    gains.append(provenance["revision_reward"] - provenance["draft_reward"])
-                else:
-                    dropped += 1
+            for row in decided:
+                (out if row.kept else rejected).write(
+                    json.dumps(row.record, ensure_ascii=False) + "\n")
+                kept += row.kept
+                dropped += not row.kept
+                if row.gain is not None:
+                    gains.append(row.gain)
+            out.flush()
+            rejected.flush()
             progress.update(task, completed=start + len(batch))
     for output in outputs:
         output.finish()
-    table = Table(title=f"synthesized {kept + dropped} prompt(s) in "
+    table = Table(title=f"{mode.done} {len(todo)} prompt(s) in "
                   f"{time.perf_counter() - started:.1f} s")
-    table.add_column("kept", justify="right")
-    table.add_column("dropped", justify="right")
-    table.add_column("mean improvement (kept)", justify="right")
-    table.add_row(str(kept), str(dropped),
-                  f"{sum(gains) / len(gains):+.3f}" if gains else "—")
+    for column in mode.columns:
+        table.add_column(column, justify="right")
+    table.add_row(str(kept), str(dropped), f"{sum(gains) / len(gains):+.3f}" if gains else "—")
     console.print(table)
     return ExitCode.OK
 
@@ -211,68 +281,3 @@ def dropped_output(output: Path) -> Path:
 def decided_prompts(path: Path) -> set[str]:
     """Prompt ids already decided in a pairs file (each row names its prompt)."""
     return {str(row["provenance"]["prompt_id"]) for row in ResumableOutput(path).records()}
-
-
-def _run_pairs(arguments: argparse.Namespace, console: Console, document: Mapping[str, Any],
-               items: list[tuple[str, Any]]) -> int:
-    from qalign_dsl.judge.backend import JudgeError
-    from qalign_dsl.judge.labels import LabelTokenError
-    from qalign_dsl.judge.runtime import Judge
-    from qalign_dsl.training.pairs import rank_pairs
-    from qalign_dsl.training.vllm_generate import load_synth_generator
-
-    dropped_path = dropped_output(arguments.output)
-    outputs = ResumableOutput(arguments.output), ResumableOutput(dropped_path)
-    done = decided_prompts(arguments.output) | decided_prompts(dropped_path)
-    todo = [item for item in items if item[0] not in done]
-    if done:
-        console.print(f"resuming: {len(done)} prompt(s) already decided, {len(todo)} to go",
-                      style="cyan")
-    try:
-        judge = Judge(document, make_backend(arguments))
-        policy: Any = load_synth_generator(arguments.policy, arguments.engine, arguments.device,
-                                           arguments.max_new_tokens,
-                                           arguments.temperature or 1.0, seed=arguments.seed)
-    except (JudgeError, LabelTokenError, OSError, ValueError) as error:
-        console.print(f"synth: {error}", style="red", markup=False)
-        return ExitCode.PROBLEMS
-    pairs = dropped = 0
-    gaps: list[float] = []
-    progress = Progress(TextColumn("ranking pairs"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=console, transient=True)
-    started = time.perf_counter()
-    with progress, outputs[0].open() as out, outputs[1].open() as rejected:
-        task = progress.add_task("pairs", total=len(todo))
-        for start in range(0, len(todo), arguments.batch_size):
-            batch = todo[start:start + arguments.batch_size]
-            try:
-                ranked = rank_pairs(document, judge, policy, batch, arguments.samples,
-                                    arguments.margin, arguments.pairs_per_prompt)
-            except JudgeError as error:
-                console.print(f"judge: {error}; decided prompts are saved — rerun to resume",
-                              style="red", markup=False)
-                return ExitCode.PROBLEMS
-            for result in ranked:
-                for row in result.rows:
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    provenance = row["provenance"]
-                    gaps.append(provenance["chosen_reward"] - provenance["rejected_reward"])
-                    pairs += 1
-                if not result.rows:
-                    rejected.write(json.dumps({"id": result.prompt_id, "provenance": {
-                        "prompt_id": result.prompt_id, "sample_rewards": result.rewards,
-                        "reason": f"no pair differs by more than --margin {arguments.margin}"}},
-                        ensure_ascii=False) + "\n")
-                    dropped += 1
-            out.flush()
-            rejected.flush()
-            progress.update(task, completed=start + len(batch))
-    for output in outputs:
-        output.finish()
-    table = Table(title=f"ranked {len(todo)} prompt(s) in {time.perf_counter() - started:.1f} s")
-    table.add_column("pairs", justify="right")
-    table.add_column("prompts without a pair", justify="right")
-    table.add_column("mean reward gap", justify="right")
-    table.add_row(str(pairs), str(dropped), f"{sum(gaps) / len(gaps):+.3f}" if gaps else "—")
-    console.print(table)
-    return ExitCode.OK
