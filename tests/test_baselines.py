@@ -63,7 +63,7 @@ def recipe(folder: Path, name: str, functions: str, steps: int = 2, judge: bool 
 
 
 @pytest.mark.parametrize("functions, message", [
-    ("    - kind: critic\n", "reward.functions.0.kind: value must be one of"),
+    ("    - kind: critic\n", "reward.functions[0].kind: value must be one of"),
     ("    - kind: model\n", "reward.functions[0]: a `model` reward needs `model`"),
     ("    - kind: model\n      model: ./rm\n      function: a:b\n",
      "reward.functions[0].function: not a setting of a `model` reward"),

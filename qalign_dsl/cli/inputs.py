@@ -17,7 +17,6 @@ from typing import IO, Any
 # readers (aggregate) have no file limit, only the per-line one.
 MAX_IR_BYTES = 64 * 1024 * 1024
 MAX_DATA_BYTES = 1024 * 1024 * 1024
-MAX_RECIPE_BYTES = 1024 * 1024
 # One JSONL line: a hard limit on one sample (prompt + response, or one answer row).
 MAX_LINE_BYTES = 16 * 1024 * 1024
 MAX_INT_DIGITS = 19  # ids and numbers beyond int64 are not data but an attack or a bug

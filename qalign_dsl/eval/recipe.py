@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
-import yaml
 
+from qalign_dsl.recipe_files import MAX_RECIPE_BYTES, read_yaml, validate_recipe
 from qalign_dsl.sources import KINDS, SourceSpec
 
 METRICS = ("asr", "frr", "accuracy")
@@ -183,36 +183,14 @@ class Recipe:
 
 def load_recipe(path: Path) -> Recipe:
     """Read and validate a recipe; raises RecipeError naming `path` and the key."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise RecipeError(f"{path}: cannot read: {error.strerror or error}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise RecipeError(
-            f"{path}{where}: invalid YAML: {getattr(error, 'problem', error)}"
-        ) from None
-    return parse_recipe(raw, path, hashlib.sha256(text.encode()).hexdigest())
+    raw, data = read_yaml(path, RecipeError, MAX_RECIPE_BYTES)
+    return parse_recipe(raw, path, hashlib.sha256(data).hexdigest())
 
 
 def parse_recipe(raw: Any, path: Path, digest: str = "") -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: expected a mapping with `suites`")
-    _check_unknown_keys(path, raw, SCHEMA, [])
-    try:
-        _validate(raw)
-    except fastjsonschema.JsonSchemaValueException as error:
-        keys = [str(p) for p in (error.path or [])[1:]]
-        where = _where(keys)
-        message = error.message.replace(error.name or "data", "value", 1)
-        if error.rule == "required":
-            node = _lookup(raw, keys) or {}
-            missing = [k for k in error.rule_definition if k not in node]
-            message = "missing required key(s): " + ", ".join(missing)
-        raise RecipeError(f"{path}: {where}: {message}") from None
+    validate_recipe(path, raw, SCHEMA, _validate, RecipeError)
     base = path.parent
     judges = {}
     for name, spec in (raw.get("judges") or {}).items():
@@ -301,41 +279,3 @@ def _infer_kind(source: dict[str, Any]) -> str | None:
 def _resolve(base: Path, value: str) -> Path:
     candidate = Path(value).expanduser()
     return candidate if candidate.is_absolute() else (base / candidate).resolve()
-
-
-def _where(keys: list[str]) -> str:
-    out = ""
-    for key in keys:
-        out += f"[{key}]" if key.isdigit() else (f".{key}" if out else key)
-    return out or "(top level)"
-
-
-def _check_unknown_keys(path: Path, raw: Any, schema: dict[str, Any], keys: list[str]) -> None:
-    """Unknown keys first, with a suggestion: a typo otherwise shows up as a missing key."""
-    if isinstance(raw, list) and "items" in schema:
-        for index, item in enumerate(raw):
-            _check_unknown_keys(path, item, schema["items"], keys + [str(index)])
-        return
-    if not isinstance(raw, dict):
-        return
-    extra = schema.get("additionalProperties", True)
-    known = list(schema.get("properties", {}))
-    for key, value in raw.items():
-        if key in known:
-            _check_unknown_keys(path, value, schema["properties"][key], keys + [str(key)])
-        elif isinstance(extra, dict):
-            _check_unknown_keys(path, value, extra, keys + [str(key)])
-        elif extra is False:
-            hint = difflib.get_close_matches(str(key), known, n=1)
-            raise RecipeError(f"{path}: {_where(keys)}: unknown key `{key}`" + (
-                f" (did you mean `{hint[0]}`?)" if hint else f"; known keys: {', '.join(known)}"))
-
-
-def _lookup(raw: Any, keys: list[str]) -> Any:
-    node: Any = raw
-    for key in keys:
-        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
-            node = node[int(key)]
-        else:
-            node = node.get(key) if isinstance(node, dict) else None
-    return node

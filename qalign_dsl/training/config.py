@@ -15,14 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
-import yaml
 
 from qalign_dsl.judge.spec import JudgeSpec, JudgeSpecError
 from qalign_dsl.judge.spec import json_schema as judge_json_schema
+from qalign_dsl.recipe_files import MAX_RECIPE_BYTES, read_yaml, validate_recipe
 from qalign_dsl.sources import SourceError, SourceSpec, spec_from_text
 from qalign_dsl.training.trainer_fields import check_trainer_settings
-
-MAX_RECIPE_BYTES = 1024 * 1024
 
 SCHEMA: dict[str, Any] = {
     "$schema": "http://json-schema.org/draft-07/schema#",
@@ -188,39 +186,11 @@ def _looks_local(value: str) -> bool:
 
 
 def load_config(path: Path, stage: str, check_paths: bool = True) -> TrainingConfig:
-    try:
-        if path.exists() and not path.is_file():  # a directory, FIFO or device: never read
-            raise ConfigError(f"{path}: cannot read: not a regular file")
-        if path.exists() and path.stat().st_size > MAX_RECIPE_BYTES:
-            raise ConfigError(f"{path}: cannot read: larger than {MAX_RECIPE_BYTES} bytes")
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not valid UTF-8 (byte offset {error.start})") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ConfigError(
-            f"{path}{where}: invalid YAML: {getattr(error, 'problem', error)}"
-        ) from None
+    raw, _ = read_yaml(path, ConfigError, MAX_RECIPE_BYTES)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
     _check_values(path, raw)
-    _check_unknown_keys(path, raw, SCHEMA, [])
-    try:
-        _validate(raw)
-    except fastjsonschema.JsonSchemaValueException as error:
-        keys = [str(p) for p in (error.path or [])[1:]]
-        where = ".".join(keys) or "(top level)"
-        message = error.message.replace(error.name or "data", "value", 1)
-        if error.rule == "required":
-            node = _lookup(raw, keys) or {}
-            missing = [k for k in error.rule_definition if k not in node]
-            message = "missing required key(s): " + ", ".join(missing)
-        raise ConfigError(f"{path}: {where}: {message}") from None
+    validate_recipe(path, raw, SCHEMA, _validate, ConfigError)
     base = path.parent
     data, eval_data = _data_sources(path, stage, raw)
     config = TrainingConfig(
@@ -433,32 +403,6 @@ def _resolved_from(base: Path, value: str) -> str:
         return ""
     return (f" (`{value}` resolved from {base}/, the recipe's folder: paths in a "
             "recipe are relative to the recipe file)")
-
-
-def _check_unknown_keys(path: Path, raw: Any, schema: dict[str, Any], keys: list[str]) -> None:
-    """Unknown keys first, with a suggestion: a typo otherwise shows up as a missing key."""
-    if not isinstance(raw, dict) or schema.get("additionalProperties", True) is not False:
-        return
-    known = list(schema.get("properties", {}))
-    for key, value in raw.items():
-        items = schema.get("properties", {}).get(key, {}).get("items")
-        if key in known and isinstance(items, dict) and isinstance(value, list):
-            for index, element in enumerate(value):
-                _check_unknown_keys(path, element, items, keys + [f"{key}[{index}]"])
-            continue
-        if key not in known:
-            hint = difflib.get_close_matches(str(key), known, n=1)
-            where = ".".join(keys) or "(top level)"
-            raise ConfigError(f"{path}: {where}: unknown key `{key}`" + (
-                f" (did you mean `{hint[0]}`?)" if hint else f"; known keys: {', '.join(known)}"))
-        _check_unknown_keys(path, value, schema["properties"][key], keys + [str(key)])
-
-
-def _lookup(raw: dict[str, Any], keys: list[str]) -> Any:
-    node: Any = raw
-    for key in keys:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
 
 
 def trl_config_class(stage: str) -> Any:
