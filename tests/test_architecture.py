@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,34 @@ def test_docs_list_every_judge_option() -> None:
     text = (ROOT / "docs" / "judge.md").read_text(encoding="utf-8")
     missing = [f.name for f in spec_fields() if f"| `{f.name}` /" not in text]
     assert not missing, f"docs/judge.md's option table lacks {missing}"
+
+
+def _every_argument(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+                    ) -> Iterator[tuple[str, argparse.ArgumentParser, argparse.Action]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _every_argument(sub, prefix + (name,))
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            name = "/".join(action.option_strings) or action.dest
+            yield " ".join(prefix + (name,)), parser, action
+
+
+def test_every_argument_has_help_and_shows_its_default() -> None:
+    """`qalc COMMAND --help` documents every argument and the value it takes when omitted."""
+    arguments = list(_every_argument(build_parser()))
+    assert len(arguments) > 150
+    for where, parser, action in arguments:
+        text = parser.formatter_class(prog="qalc")._get_help_string(action)  # type: ignore[attr-defined]
+        assert text, f"`{where}` has no help"
+        default = action.default
+        if action.option_strings and default not in (None, False, [], argparse.SUPPRESS):
+            assert "default" in text, f"`{where}` does not show its default {default!r}"
+
+
+def test_help_of_every_command_renders() -> None:
+    for command in ("score", "synth", "train", "validate", "eval", "serve", "expand", "diff"):
+        result = subprocess.run([sys.executable, "-m", "qalign_dsl", command, "--help"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"usage: qalc {command}"), command

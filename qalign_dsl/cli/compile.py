@@ -16,7 +16,8 @@ from qalign_dsl.lang.diagnostics import summarize
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     compile_ = commands.add_parser("compile", help="compile a .qal file to its JSON IR")
-    compile_.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    compile_.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                          help=".qal files to compile (each to compiled/NAME.json unless -o)")
     compile_.add_argument("-o", "--output", type=Path,
                           help="output path (default: compiled/<stem>.json); one FILE only")
     compile_.add_argument("--check", action="store_true",

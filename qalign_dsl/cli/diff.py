@@ -47,9 +47,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description="Compare two rubrics by meaning: matched by id, then by text similarity. "
                     "Exit 0 (or 1 with --exit-code when there are changes); 2 when an input "
                     "cannot be read or compiled.")
-    diff.add_argument("old", metavar="OLD")
-    diff.add_argument("new", metavar="NEW")
-    diff.add_argument("--format", choices=["terminal", "markdown", "json"], default="terminal")
+    diff.add_argument("old", metavar="OLD",
+                      help="the old rubric: a .qal file, a compiled .json, or REV:PATH in git")
+    diff.add_argument("new", metavar="NEW", help="the new rubric (the same forms as OLD)")
+    diff.add_argument("--format", choices=["terminal", "markdown", "json"], default="terminal",
+                      help="terminal (coloured), markdown (for a pull request) or json")
     diff.add_argument("--exit-code", action="store_true", help="exit 1 when there are changes")
     diff.add_argument("--answers", type=Path, metavar="ANSWERS.jsonl",
                       help="cached judge answers (as read by `qalc aggregate`): report how "
@@ -62,14 +64,16 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "git-diff", help="git external diff driver (see docs/review.md)",
         description="Called by git as `diff.qal.command`: PATH OLD-FILE OLD-HEX OLD-MODE "
                     "NEW-FILE NEW-HEX NEW-MODE.")
-    driver.add_argument("git_arguments", nargs="+", metavar="ARG")
+    driver.add_argument("git_arguments", nargs="+", metavar="ARG",
+                        help="the seven arguments git passes an external diff driver")
     driver.set_defaults(run=run_git_diff)
 
     textconv = commands.add_parser(
         "textconv", help="a rubric as normalized text, for git's textconv",
         description="Print a .qal source formatted, or a compiled rubric as a readable "
                     "outline, so that plain `git diff` shows changes of content only.")
-    textconv.add_argument("file", type=Path, metavar="FILE")
+    textconv.add_argument("file", type=Path, metavar="FILE",
+                          help="a .qal or compiled .json file to print as a review outline")
     textconv.set_defaults(run=run_textconv)
 
 

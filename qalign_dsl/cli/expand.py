@@ -35,9 +35,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         help="graded questions per dimension, besides its gate (default 3)")
     parser.add_argument("--attempts", type=int, default=3,
                         help="tries per principle, each told why the last one failed (default 3)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-tokens", type=int, default=2048)
+    parser.add_argument("--temperature", type=float, default=0.7,
+                        help="sampling temperature of the drafting model")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--max-tokens", type=int, default=2048,
+                        help="tokens the model may write for one principle's JSON")
     parser.add_argument("--no-structured", action="store_true",
                         help="do not ask the backend for schema-constrained decoding")
     parser.set_defaults(run=run_expand)

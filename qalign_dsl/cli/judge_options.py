@@ -5,6 +5,7 @@ drift apart."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from qalign_dsl.cli.common import UsageError
@@ -54,6 +55,14 @@ def add_backend_arguments(parser: argparse.ArgumentParser, model_flags: tuple[st
     # keeps the key out of shell history and process lists.
     group.add_argument("--api-key", default=None,
                        help="openai: the API key itself (default: read from --api-key-env)")
+
+
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """The answer cache options of every command that judges."""
+    parser.add_argument("--cache", type=Path, default=Path(".qalc-cache/answers.sqlite"),
+                        help="answer cache (SQLite), shared by score and validate")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="judge everything again and write no cache")
 
 
 def judge_spec(arguments: argparse.Namespace) -> JudgeSpec:

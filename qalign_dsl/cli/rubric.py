@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,12 @@ from qalign_dsl.cli.inputs import MAX_IR_BYTES, BadInput, read_regular
 
 if TYPE_CHECKING:  # torch is imported only by the commands that evaluate
     from qalign_dsl.evaluate.aggregate import CompiledRubric, Evaluation
+
+
+def add_compiled_argument(parser: argparse.ArgumentParser) -> None:
+    """The COMPILED positional of every command that runs a rubric."""
+    parser.add_argument("compiled", type=Path, metavar="COMPILED",
+                        help="the compiled constitution (.json written by `qalc compile`)")
 
 
 def load_rubric(path: Path, console: Console) -> CompiledRubric | None:

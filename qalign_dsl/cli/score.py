@@ -24,9 +24,19 @@ from qalign_dsl.cli import validation
 from qalign_dsl.cli.common import ExitCode
 from qalign_dsl.cli.datasource import add_source_arguments, read_source, source_from_arguments
 from qalign_dsl.cli.inputs import check_id, prompt_problem
-from qalign_dsl.cli.judge_options import add_backend_arguments, judge_spec, make_backend
+from qalign_dsl.cli.judge_options import (
+    add_backend_arguments,
+    add_cache_arguments,
+    judge_spec,
+    make_backend,
+)
 from qalign_dsl.cli.outputs import OutputLock, check_output
-from qalign_dsl.cli.rubric import evaluation_lists, load_rubric, print_summary
+from qalign_dsl.cli.rubric import (
+    add_compiled_argument,
+    evaluation_lists,
+    load_rubric,
+    print_summary,
+)
 from qalign_dsl.cli.tables import ResumableOutput, is_parquet
 from qalign_dsl.judge.normalize import DEFAULT_RULE, RULES
 
@@ -41,15 +51,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description="Judge every question of a compiled constitution for each row of DATA "
         "(`prompt`, `response` and optional `id`; JSONL, CSV, parquet, a datasets folder or "
         "a Hub dataset).")
-    parser.add_argument("compiled", type=Path, metavar="COMPILED")
-    parser.add_argument("data", type=Path, metavar="DATA")
+    add_compiled_argument(parser)
+    parser.add_argument("data", type=Path, metavar="DATA",
+                        help="the (prompt, response) rows to judge (see --format)")
     add_source_arguments(parser, ("prompt", "response", "id"))
     add_backend_arguments(parser, ("--judge", "--model"), "the judge",
                           default_backend="transformers", command="score")
     parser.add_argument("--batch-size", type=int, default=8, help="samples judged per step")
-    parser.add_argument("--cache", type=Path, default=Path(".qalc-cache/answers.sqlite"),
-                        help="answer cache (SQLite); --no-cache to disable")
-    parser.add_argument("--no-cache", action="store_true")
+    add_cache_arguments(parser)
     parser.add_argument("-o", "--output", type=Path, help="output .jsonl or .parquet (default: "
                         "JSONL on stdout)")
     parser.add_argument("--explain", metavar="ID", help="print one sample's full breakdown")

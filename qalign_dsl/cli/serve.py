@@ -10,7 +10,7 @@ from rich.console import Console
 
 from qalign_dsl.cli.common import ExitCode, UsageError
 from qalign_dsl.cli.judge_options import add_backend_arguments, judge_spec, make_backend
-from qalign_dsl.cli.rubric import load_rubric
+from qalign_dsl.cli.rubric import add_compiled_argument, load_rubric
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,7 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description="An HTTP reward server: OpenRLHF's remote reward-model contract at POST "
         "/get_reward, qalc's own JSON API at POST /v1/score, GET /health and GET /metrics. "
         "Concurrent requests are gathered into one judge call.")
-    parser.add_argument("compiled", type=Path, metavar="COMPILED")
+    add_compiled_argument(parser)
     add_backend_arguments(parser, ("--judge", "--model"), "the judge",
                           default_backend="transformers", command="serve")
     group = parser.add_argument_group("server")

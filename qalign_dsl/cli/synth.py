@@ -26,7 +26,7 @@ from qalign_dsl.cli.datasource import add_source_arguments, read_source, source_
 from qalign_dsl.cli.inputs import check_id, prompt_problem
 from qalign_dsl.cli.judge_options import add_backend_arguments, make_backend
 from qalign_dsl.cli.outputs import OutputLock, check_output
-from qalign_dsl.cli.rubric import load_rubric
+from qalign_dsl.cli.rubric import add_compiled_argument, load_rubric
 from qalign_dsl.cli.tables import ResumableOutput, is_parquet
 
 
@@ -36,7 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description="For each prompt: the policy drafts, the judge applies the rubric, a "
         "reflection is written from the failed or low questions, the reviser revises; rows "
         "whose revision improves by --margin are kept.")
-    parser.add_argument("compiled", type=Path, metavar="COMPILED")
+    add_compiled_argument(parser)
     parser.add_argument("prompts", type=Path, metavar="PROMPTS",
                         help="rows with `prompt` (string or chat messages) and optional `id`: "
                         "JSONL, CSV, parquet, a datasets folder or a Hub dataset")
@@ -46,16 +46,20 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--critic", help="model that writes reflections (default: a template "
                         "from the rubric's findings)")
     add_backend_arguments(parser, "--judge", "the judge", default_backend="transformers")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=256,
+                        help="tokens generated for each draft, reflection and revision")
     parser.add_argument("--engine", choices=["auto", "transformers", "vllm"], default="auto",
                         help="generation engine for the policy, reviser and critic (vllm: "
                         "every conversation of a batch in one call; auto: vLLM when importable "
                         "on a GPU, else transformers)")
-    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="sampling temperature of the policy and reviser (0: greedy; "
+                        "--pairs samples at 1.0 when this is 0)")
     parser.add_argument("--margin", type=_margin, default=0.0,
                         help="keep a row when revision reward - draft reward > MARGIN (>= 0: "
                         "a revision that scores lower than its draft is never kept)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="prompts generated and judged together")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="kept rows, .jsonl or .parquet (dropped rows go beside it, "
                         "OUT.dropped.jsonl or OUT.dropped.parquet)")

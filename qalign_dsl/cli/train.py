@@ -16,14 +16,44 @@ from qalign_dsl.cli.common import ExitCode
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
+# What each stage's recipe holds, for `qalc train STAGE --help` (docs/training.md has more).
+_COMMON = ("Recipe keys for every stage: model (a path or Hub id), constitution (a .qal or "
+           "compiled .json), data (JSONL, CSV, parquet, a datasets folder, a Hub id, or "
+           "{train: …, eval: …}), output_dir, trainer (the TRL config's fields, type-checked), "
+           "and optionally eval_data, lora (peft), eval (a held-out eval every N steps). "
+           "Paths are relative to the recipe file.")
+STAGES = {
+    "sft": ("supervised fine-tuning on rows written by `qalc synth`",
+            "TRL's SFTTrainer on conversational rows (`messages`) or `prompt`/`completion` "
+            "rows, as `qalc synth` writes them; trainer: SFTConfig fields. Example: "
+            "training/qalign-paper-sft.yaml."),
+    "grpo": ("GRPO with the constitution as the reward",
+             "TRL's GRPOTrainer on `prompt` rows; every completion is judged against the "
+             "constitution. judge: the judge options (backend, model, base_url, dtype, … — "
+             "docs/judge.md); reward: format_penalty and extra reward functions (rubric, "
+             "model, python) with weights; trainer: GRPOConfig fields. Examples: "
+             "training/qalign-paper-grpo.yaml, training/cpu-demo-grpo.yaml, "
+             "training/baseline-grpo-rm.yaml."),
+    "dpo": ("DPO on rubric-ranked preference pairs",
+            "TRL's DPOTrainer on `prompt`/`chosen`/`rejected` rows, as `qalc synth --pairs` "
+            "writes them; trainer: DPOConfig fields. Example: training/baseline-dpo.yaml."),
+}
+
+
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     train = commands.add_parser(
-        "train", help="train with TRL (SFT, GRPO or DPO) from a YAML recipe"
-    )
-    train.add_argument("stage", choices=["sft", "grpo", "dpo"])
-    train.add_argument("--config", type=Path, required=True, help="YAML recipe (see training/)")
-    train.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
-    train.set_defaults(run=run_train)
+        "train", help="train with TRL (SFT, GRPO or DPO) from a YAML recipe",
+        description="Train with TRL from a validated YAML recipe: `qalc train STAGE --config "
+        "FILE`. `qalc train STAGE --help` describes each stage's recipe.")
+    stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for stage, (summary, description) in STAGES.items():
+        parser = stages.add_parser(stage, help=summary,
+                                   description=f"{description} {_COMMON}")
+        parser.add_argument("--config", type=Path, required=True, metavar="FILE",
+                            help=f"the {stage} recipe (YAML; see training/)")
+        parser.add_argument("--resume", action="store_true",
+                            help="resume from the last checkpoint in output_dir")
+        parser.set_defaults(run=run_train)
 
 
 def sparkline(values: list[float]) -> str:

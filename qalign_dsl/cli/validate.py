@@ -20,8 +20,8 @@ from rich.table import Table
 from qalign_dsl.cli.aggregate import parse_line
 from qalign_dsl.cli.common import UsageError, write_atomic
 from qalign_dsl.cli.console import make_console
-from qalign_dsl.cli.judge_options import add_backend_arguments, make_backend
-from qalign_dsl.cli.rubric import load_rubric
+from qalign_dsl.cli.judge_options import add_backend_arguments, add_cache_arguments, make_backend
+from qalign_dsl.cli.rubric import add_compiled_argument, load_rubric
 
 if TYPE_CHECKING:
     from qalign_dsl.evaluate.aggregate import CompiledRubric
@@ -38,7 +38,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "output: accuracy, Cohen's kappa (Krippendorff's ordinal alpha for graded questions), "
         "confusion, calibration (ECE, reliability diagram), NA rate; flag questions answered "
         "no better than chance, degenerate and redundant questions, label-token problems.")
-    parser.add_argument("compiled", type=Path, metavar="COMPILED")
+    add_compiled_argument(parser)
     parser.add_argument("labels", type=Path, metavar="LABELS",
                         help="labelled JSONL: prompt, response, labels (docs/validate.md)")
     parser.add_argument("--answers", type=Path, metavar="ANSWERS",
@@ -49,9 +49,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     # --model is needed only when judging; --answers replaces it.
     next(a for a in parser._actions if a.dest == "model").required = False
     parser.add_argument("--batch-size", type=int, default=8, help="samples judged per step")
-    parser.add_argument("--cache", type=Path, default=Path(".qalc-cache/answers.sqlite"),
-                        help="answer cache shared with qalc score (SQLite)")
-    parser.add_argument("--no-cache", action="store_true")
+    add_cache_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--report", type=Path, metavar="DIR",
                         help="write DIR/report.md with a reliability diagram and a kappa chart")
