@@ -697,3 +697,35 @@ def test_hub_id_while_offline_is_a_config_error(tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 1, err
     assert "model: cannot load `qalc-tests/no-such-model`" in err and "Traceback" not in err
+
+
+def test_score_with_every_answer_cached_never_loads_the_judge_weights(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A run whose answers are all in the cache (here: to a new output) reads the tokenizer
+    and config but never loads the weights, and writes the same rewards."""
+    import transformers
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(GOOD_DATA)
+    cache = tmp_path / "answers.sqlite"
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    base = ["score", MICRO, str(data), "--model", str(tiny_model), "--cache", str(cache)]
+    assert main(base + ["-o", str(first)]) == 0
+
+    def refuse(*_: object, **__: object) -> None:
+        raise OSError("the judge's weights were loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    assert main(base + ["-o", str(second)]) == 0
+    rewards = [[json.loads(line)["reward"] for line in path.read_text().splitlines()]
+               for path in (first, second)]
+    assert rewards[0] == rewards[1] and rewards[0]
+    # Something new to judge does load them: the refusal shows as a located judge error.
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_text(json.dumps({"id": "new", "prompt": "other", "response": "words"}) + "\n")
+    capsys.readouterr()
+    assert main(["score", MICRO, str(fresh), "--model", str(tiny_model), "--cache",
+                 str(cache)]) == 1
+    error = capsys.readouterr().err
+    assert "cannot load judge model" in error and "weights were loaded" in error

@@ -88,8 +88,11 @@ class TokenizerFacts:
         length = getattr(self.tokenizer, "model_max_length", None)
         if isinstance(length, int) and 0 < length < 10**8:  # "unset" is a huge sentinel
             limits.append(length)
-        model = getattr(self, "model", None)
-        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        # The config, not the model: reading `model` would load a lazily loaded judge.
+        config = getattr(self, "config", None)
+        if config is None:
+            config = getattr(getattr(self, "model", None), "config", None)
+        positions = getattr(config, "max_position_embeddings", None)
         if isinstance(positions, int) and positions > 0:
             limits.append(positions)
         engine_limit = getattr(self, "max_model_len", None)

@@ -39,36 +39,59 @@ from qalign_dsl.judge.spec import JudgeSpec
 
 
 class TransformersBackend(TokenizerFacts):
+    """The model's weights load on the first forward pass, not here: a run whose answers
+    are all cached (a rerun, a re-pooled rubric) never pays for loading the judge. The
+    tokenizer and config load at once, so a wrong path or label tokens fail early."""
+
     def __init__(self, model: str, device: str = "cpu", dtype: str = "auto",
                  max_chunk_tokens: int = 1024, attn_implementation: str | None = None,
                  pack_tokens: int = 0) -> None:
         try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoConfig, AutoTokenizer
         except ImportError as error:  # pragma: no cover - transformers is a core extra
             raise JudgeError("the transformers backend needs `pip install transformers`") from error
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
-            torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
-            kwargs: dict[str, Any] = {"dtype": torch_dtype}
-            if attn_implementation:
-                kwargs["attn_implementation"] = attn_implementation
-            loaded = AutoModelForCausalLM.from_pretrained(model, **kwargs)
-            self.model = loaded.to(device)  # type: ignore[arg-type]
+            self.config = AutoConfig.from_pretrained(model)
         except (OSError, ValueError) as error:
             raise JudgeError(f"cannot load judge model `{model}`: {error}") from None
-        self.model.eval()
+        self._source = model
+        self._load_options: dict[str, Any] = {
+            "dtype": "auto" if dtype == "auto" else getattr(torch, dtype)}
+        if attn_implementation:
+            self._load_options["attn_implementation"] = attn_implementation
+        self._model: Any = None
         self.device = torch.device(device)
         self.max_chunk_tokens = max_chunk_tokens
         self.pack_tokens = pack_tokens
         self._encoded: dict[str, list[int]] = {}
-        config = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
+        config = json.dumps(self.config.to_dict(), sort_keys=True, default=str)
         name = str(Path(model).resolve()) if Path(model).exists() else model
-        # The weights' fingerprint: a judge retrained in place must not hit stale answers.
+        # The weights' fingerprint: a judge retrained in place must not hit stale answers;
+        # the dtype and attention implementation change the numbers, so they count too.
         self.identity = ("transformers:" + name + ":"
                          + hashlib.sha256(config.encode()).hexdigest()[:12] + ":"
-                         + model_fingerprint(model))
+                         + model_fingerprint(model) + f":{dtype}"
+                         + (f":{attn_implementation}" if attn_implementation else ""))
         # Tokens processed by the last `score` call: the benchmark reports them.
         self.tokens_processed = 0
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from transformers import AutoModelForCausalLM
+
+            try:
+                loaded = AutoModelForCausalLM.from_pretrained(self._source, **self._load_options)
+            except (OSError, ValueError) as error:
+                raise JudgeError(f"cannot load judge model `{self._source}`: {error}") from None
+            self._model = loaded.to(self.device).eval()  # type: ignore[arg-type]
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights have been loaded (they load on the first forward pass)."""
+        return self._model is not None
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, name: str,
@@ -76,7 +99,8 @@ class TransformersBackend(TokenizerFacts):
         """Wrap a model already in memory (benchmarks, the training harness)."""
         backend = cls.__new__(cls)
         backend.tokenizer = tokenizer
-        backend.model = model.eval()
+        backend._model = model.eval()
+        backend.config = model.config
         backend.device = next(model.parameters()).device
         backend.max_chunk_tokens = max_chunk_tokens
         backend.pack_tokens = pack_tokens
