@@ -26,6 +26,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from qalign_dsl.cli import validation
 from qalign_dsl.cli.common import ExitCode, UsageError
 from qalign_dsl.cli.train import history_table, sparkline
 
@@ -33,6 +34,9 @@ STAGES = 6
 SYNTH_PROMPTS = ["How do I do this?", "Can you help me with my plan?", "What should I do next?",
                  "Can you help me with my garden?", "What should I cook tonight?",
                  "How do I plan a trip?"]
+
+
+_positive = validation.number_type(int, 1)
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -56,16 +60,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     demo.add_argument("--seed", type=int, default=defaults.seed,
                       help=f"seed of every model and sampler (default: {defaults.seed})")
     demo.set_defaults(run=run_demo)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got `{text}`") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 @contextmanager

@@ -55,7 +55,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="sampling temperature of the policy and reviser (0: greedy; "
                         "--pairs samples at 1.0 when this is 0)")
-    parser.add_argument("--margin", type=_margin, default=0.0,
+    parser.add_argument("--margin", default=0.0, type=validation.number_type(
+                            float, 0.0, "a row is kept only when its revision improves on its "
+                            "draft (use --margin 0 to keep every improvement)"),
                         help="keep a row when revision reward - draft reward > MARGIN (>= 0: "
                         "a revision that scores lower than its draft is never kept)")
     parser.add_argument("--batch-size", type=int, default=4,
@@ -73,18 +75,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                        help="pair the i-th best with the i-th worst for i < N")
     pairs.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.set_defaults(run=run_synth)
-
-
-def _margin(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got `{text}`") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(
-            f"must be >= 0, got {text}: a row is kept only when its revision improves on "
-            "its draft (use --margin 0 to keep every improvement)")
-    return value
 
 
 def _read_prompts(path: Path, console: Console, arguments: argparse.Namespace

@@ -8,10 +8,31 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 from qalign_dsl.cli.common import UsageError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def number_type(parse: type[int] | type[float], minimum: float,
+                why: str = "") -> Callable[[str], float]:
+    """An argparse `type=` for a number of at least `minimum` (NaN refused): the message
+    comes from argparse with the option's name, plus `why` when the bound needs a reason."""
+    noun = "a whole number" if parse is int else "a number"
+
+    def convert(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got `{text}`") from None
+        if not value >= minimum:
+            bound = f"at least {int(minimum)}" if parse is int else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(
+                f"must be {bound}, got {text}" + (f": {why}" if why else ""))
+        return value
+
+    return convert
 
 
 def positive_int(option: str, value: int, maximum: int = 1_000_000) -> None:
