@@ -279,9 +279,15 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
     line = getattr(error, "line", -1)
     column = getattr(error, "column", -1)
     if token is None or token.type == "$END" or line is None or line < 1:
-        lines = text.split("\n")
-        line, column = len(lines), len(lines[-1]) + 1
-        found = "the end of the file"
+        # Point right after the last token (what is missing follows it), not at the empty
+        # line after the final newline.
+        last = _previous_token(text, len(text))
+        if last is not None:
+            line, column = last[0], last[1]
+        else:
+            lines = text.split("\n")
+            line, column = len(lines), len(lines[-1]) + 1
+        found = "end of the file"
         width = 1
     else:
         found = f"`{_clip(str(token))}`"

@@ -269,7 +269,12 @@ def _template(ctx: Context, decl: nodes.TemplateDecl, file: SourceFile) -> model
         first_response = slots.index("response")
         early = [s for s in slots[:first_response] if s in PER_QUESTION_SLOTS]
         if early:
-            ctx.error("QAL303", user.span, file, slot=early[0],
+            # Point at the early slot itself (inside `"""…"""` text too), not the string.
+            where = next((m for m in _SLOT.finditer(str(values["user"]))
+                          if m.group(1) == early[0]), None)
+            span = (user.span if where is None
+                    else text_span(file, user, where.start(), len(where.group())))
+            ctx.error("QAL303", span, file, slot=early[0],
                       help="move `{response}` above the per-question slots")
     if not ok:
         return None

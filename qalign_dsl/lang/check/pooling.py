@@ -467,6 +467,8 @@ def _call(ctx: Context, expr: nodes.Call, scope: _Scope, blocks: dict[str, Princ
     else:
         values = tuple(i.weight for i in items)
         ctx.weighted.update(_weight_key(i.expr) for i in items)
+    if not all(math.isfinite(v) for v in values):
+        return None  # a weight literal the IR cannot hold: QAL116 is reported at it
     if not math.isfinite(sum(values)):
         ctx.error("QAL116", expr.span, detail="the `wmean` weights add up to infinity",
                   help="scale the weights down; only their ratios matter")

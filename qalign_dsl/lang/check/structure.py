@@ -210,6 +210,10 @@ def _question_draft(ctx: Context, question: nodes.Question, dimension_id: str,
                       first=(given[clause.keyword].span, None))
             continue
         given[clause.keyword] = clause
+    if not question.text.value.strip():
+        ctx.error("QAL111", question.text.span, detail="a question needs text: it is what the "
+                  "judge is asked", help=f'write the question: `{question.kind} "Is it …?"`')
+        return None
     if "as" in given:
         name = given["as"].value
         assert isinstance(name, nodes.Name)
