@@ -5,6 +5,7 @@ Pure: takes bytes or text, returns a `Module` or diagnostics. The CLI reads file
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.resources
 import re
@@ -94,6 +95,8 @@ def decode_source(data: bytes, path: str) -> tuple[str | None, list[Diagnostic]]
         ]
     if text.startswith("\ufeff"):
         text = text[1:]
+    if "\r" in text:
+        text = re.sub(r"\r(?!\n)", "\n", text)  # classic Mac line endings: a lone CR ends a line
     problems = control_characters(text, path)
     return (None, problems) if problems else (text, [])
 
@@ -316,6 +319,15 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
         previous = _previous_token(text, offset)
         block = _open_block(text, offset) if str(token) in _TOP_LEVEL else None
         keyword = _keyword_before(text, offset, previous)
+        if keyword is not None and not ({"EQUAL", "FAILS"} & _acceptable(error)):
+            keyword = None  # the keyword was read as one (`scale binry` in defaults), not a label
+        swallowed = _swallowed_name(text, offset, previous)
+        suggestion = _keyword_suggestion(error, str(token))
+        setting = None
+        if (str(token) not in _TOP_LEVEL and _between_items(error)
+                and _before_equals(text, offset + len(str(token)))
+                and not text[text.rfind("\n", 0, offset) + 1:offset].strip()):
+            setting = _open_block(text, offset)  # `NAME = …` starting a line inside a block
         if block is None and keyword is not None:
             # `scale verdict {` inside a block still open reads as a label named `scale`.
             block = _open_block(text, keyword[2])
@@ -325,6 +337,24 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
                 span = Span(line, column, line, column + len(keyword[3]))
         if slip is not None:
             help_text = slip
+        elif setting is not None:
+            # `tempalte = judge` in `defaults`: a misspelt setting, as in the other blocks.
+            if str(token) == "weight":
+                help_text = "a weight goes in the header, e.g. `dimension \"…\" weight 2 {`"
+            elif suggestion is not None:
+                help_text = f"did you mean `{suggestion}`?"
+            return codes.make("QAL110", path, span, source=text, name=str(token),
+                              block=setting[0], help=help_text)
+        elif suggestion is not None:
+            help_text = f"did you mean `{suggestion}`?"
+        elif swallowed is not None:
+            # `scale` at the end of a line, then `graded "…"`: `graded` was read as the
+            # scale's name; the name is what is missing, after `scale`.
+            prev_line, prev_column, prev_text = swallowed
+            detail = f"expected a name after `{prev_text}`"
+            help_text = f"`{previous[2] if previous else ''}` on the next line starts something " \
+                "else; write the name on this line"
+            span = Span.point(prev_line, prev_column)
         elif block is not None:
             detail = f"unexpected {found}: {block[0]} is still open"
             help_text = f"add `}}` to close {block[0]} (opened at line {block[1]}) before this"
@@ -385,6 +415,57 @@ def _previous_token(text: str, offset: int) -> tuple[int, int, str] | None:
             last = re.search(r'("[^"]*"|-?[A-Za-z0-9_./]+|\S)$', code)
             return index + 1, len(code) + 1, last.group() if last else code[-1]
     return None
+
+
+_CLAUSE_KEYWORDS = frozenset(("scale", "template", "as", "weight"))
+_LINE_STARTERS = frozenset(("binary", "graded", "dimension", "principle", "pool", "scale",
+                            "template", "description"))
+
+
+def _swallowed_name(text: str, offset: int, previous: tuple[int, int, str] | None
+                    ) -> tuple[int, int, str] | None:
+    """`… scale` ending a line, then `graded "…"` on the next: the parser took the word that
+    starts the next line as the clause's name. The clause keyword's position and text."""
+    if previous is None or previous[2] not in _LINE_STARTERS:
+        return None
+    line, end_column, word = previous
+    start = _offset(text, line, end_column - len(word))
+    if text[text.rfind("\n", 0, start) + 1:start].strip():
+        return None  # not the first word of its line
+    before = _previous_token(text, start)
+    if before is None or before[0] >= line or before[2] not in _CLAUSE_KEYWORDS:
+        return None
+    return before
+
+
+def _before_equals(text: str, offset: int) -> bool:
+    """Whether `=` (not `==`) follows `offset` on the same line."""
+    rest = text[offset:text.find("\n", offset) if "\n" in text[offset:] else len(text)]
+    return bool(re.match(r"\s*=(?!=)", rest))
+
+
+def _keyword_suggestion(error: UnexpectedInput, token: str) -> str | None:
+    """The keyword a misspelt word was probably meant to be (`scal` -> `scale`)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", token):
+        return None
+    words: set[str] = set()
+    for name in _acceptable(error):
+        if name == "KIND":
+            words |= {"binary", "graded"}
+        elif name == "LEVEL":
+            words |= {"dimension", "principle"}
+        else:
+            try:
+                pattern = _lark().get_terminal(name).pattern
+            except KeyError:
+                continue
+            if pattern.type == "str" and pattern.value.isidentifier():
+                words.add(pattern.value)
+    words.discard(token)
+    if token.lower() in words:
+        return token.lower()
+    close = difflib.get_close_matches(token.lower(), sorted(words), n=1, cutoff=0.7)
+    return close[0] if close else None
 
 
 def _keyword_before(text: str, offset: int, previous: tuple[int, int, str] | None
