@@ -318,6 +318,9 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
         slip = _common_slip(text, offset, str(token), error)
         previous = _previous_token(text, offset)
         block = _open_block(text, offset) if str(token) in _TOP_LEVEL else None
+        if str(token) == "dimension" and block is None:
+            inner = _open_block(text, offset)  # `dimension` met inside a dimension
+            block = inner if inner is not None and inner[0].startswith("`dimension") else None
         keyword = _keyword_before(text, offset, previous)
         if keyword is not None and not ({"EQUAL", "FAILS"} & _acceptable(error)):
             keyword = None  # the keyword was read as one (`scale binry` in defaults), not a label
@@ -351,9 +354,10 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
             # `scale` at the end of a line, then `graded "…"`: `graded` was read as the
             # scale's name; the name is what is missing, after `scale`.
             prev_line, prev_column, prev_text = swallowed
-            detail = f"expected a name after `{prev_text}`"
+            wanted = "an expression" if prev_text in _EXPR_OPENERS else "a name"
+            detail = f"expected {wanted} after `{prev_text}`"
             help_text = f"`{previous[2] if previous else ''}` on the next line starts something " \
-                "else; write the name on this line"
+                f"else; write {wanted} here"
             span = Span.point(prev_line, prev_column)
         elif block is not None:
             detail = f"unexpected {found}: {block[0]} is still open"
@@ -418,6 +422,7 @@ def _previous_token(text: str, offset: int) -> tuple[int, int, str] | None:
 
 
 _CLAUSE_KEYWORDS = frozenset(("scale", "template", "as", "weight"))
+_EXPR_OPENERS = frozenset(("=", "then", "else", "+", "-", "*", "/", "(", ","))
 _LINE_STARTERS = frozenset(("binary", "graded", "dimension", "principle", "pool", "scale",
                             "template", "description"))
 
@@ -433,7 +438,7 @@ def _swallowed_name(text: str, offset: int, previous: tuple[int, int, str] | Non
     if text[text.rfind("\n", 0, start) + 1:start].strip():
         return None  # not the first word of its line
     before = _previous_token(text, start)
-    if before is None or before[0] >= line or before[2] not in _CLAUSE_KEYWORDS:
+    if before is None or before[0] >= line or before[2] not in _CLAUSE_KEYWORDS | _EXPR_OPENERS:
         return None
     return before
 

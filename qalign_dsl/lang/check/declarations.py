@@ -218,7 +218,9 @@ def _template(ctx: Context, decl: nodes.TemplateDecl, file: SourceFile) -> model
         system_parts, problems = split_template(system)
         slot = next((p for p in problems if p.kind == "unknown"), None)
         if slot is None and any(isinstance(p, model.Slot) for p in system_parts):
-            ctx.error("QAL304", text.span, file,
+            # At the slot itself, also inside `"""…"""` text.
+            first = next(m for m in _SLOT.finditer(system) if m.group(1) in TEMPLATE_SLOTS)
+            ctx.error("QAL304", text_span(file, text, first.start(), len(first.group())), file,
                       help="move slots into `user`; write `{{`/`}}` for literal braces")
             ok = False
         elif slot is not None:
