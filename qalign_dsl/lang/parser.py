@@ -9,6 +9,7 @@ import difflib
 import functools
 import importlib.resources
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,7 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
             )
         return codes.make(
             "QAL004", path, Span.point(line, column), source=text, char=_describe_char(char),
-            help=_CHARACTER_HINTS.get(char, "remove it, or put it inside a string"),
+            help=_character_hint(char),
         )
     unclosed = _unclosed_bracket(text)
     at_end = isinstance(error, UnexpectedEOF) or (
@@ -561,7 +562,28 @@ def _describe_char(char: str) -> str:
         return "at the end of the file"
     if char.isprintable() and not char.isspace():
         return f"`{char}`"
-    return f"U+{ord(char):04X}"
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X}" + (f" ({name.lower()})" if name else "")
+
+
+def _character_hint(char: str) -> str:
+    """How to fix an unexpected character: the usual slips first, then by its kind."""
+    if char in _CHARACTER_HINTS:
+        return _CHARACTER_HINTS[char]
+    if char in _INVISIBLE:
+        return "an invisible character (often pasted from a web page or chat): delete it"
+    if char.isspace():
+        return "a non-standard space: replace it with an ordinary space"
+    if unicodedata.category(char) == "Pd":
+        return "use the ASCII minus `-`"
+    if unicodedata.normalize("NFKC", char) != char and unicodedata.normalize("NFKC", char).isascii():
+        return f"use the ASCII `{unicodedata.normalize('NFKC', char)}`"
+    if char.isalpha():
+        return "names use ASCII letters, digits and `_`; other text belongs in a string"
+    return "remove it, or put it inside a string"
+
+
+_INVISIBLE = frozenset("\u200b\u200c\u200d\u2060\ufeff\u00ad\u200e\u200f")
 
 
 def _clip(text: str, limit: int = 40) -> str:
