@@ -576,8 +576,9 @@ def _character_hint(char: str) -> str:
         return "a non-standard space: replace it with an ordinary space"
     if unicodedata.category(char) == "Pd":
         return "use the ASCII minus `-`"
-    if unicodedata.normalize("NFKC", char) != char and unicodedata.normalize("NFKC", char).isascii():
-        return f"use the ASCII `{unicodedata.normalize('NFKC', char)}`"
+    plain = unicodedata.normalize("NFKC", char)
+    if plain != char and plain.isascii():
+        return f"use the ASCII `{plain}`"
     if char.isalpha():
         return "names use ASCII letters, digits and `_`; other text belongs in a string"
     return "remove it, or put it inside a string"

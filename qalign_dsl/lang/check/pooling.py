@@ -231,7 +231,8 @@ def _expr(ctx: Context, expr: nodes.Expr, scope: _Scope, blocks: dict[str, Princ
         for item in expr.items:
             constant = _constant(ctx, item)
             if constant is None:
-                ctx.error("QAL203", item.span, detail="list items must be constant numbers")
+                ctx.error("QAL203", item.span,
+                          detail="list items must be plain numbers, e.g. `weights=[2, 1]`")
                 return None
             if not math.isfinite(constant):
                 return None  # QAL116, reported by the numbers pass
