@@ -318,7 +318,9 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
         offset = _offset(text, line, column)
         slip = _common_slip(text, offset, str(token), error)
         previous = _previous_token(text, offset)
-        block = _open_block(text, offset) if str(token) in _TOP_LEVEL else None
+        first_on_line = not text[text.rfind("\n", 0, offset) + 1:offset].strip()
+        block = (_open_block(text, offset) if str(token) in _TOP_LEVEL and first_on_line
+                 else None)
         if str(token) == "dimension" and block is None:
             inner = _open_block(text, offset)  # `dimension` met inside a dimension
             block = inner if inner is not None and inner[0].startswith("`dimension") else None
@@ -327,6 +329,7 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
             keyword = None  # the keyword was read as one (`scale binry` in defaults), not a label
         swallowed = _swallowed_name(text, offset, previous)
         suggestion = _keyword_suggestion(error, str(token))
+        misplaced = _misplaced(text, offset, str(token)) if _between_items(error) else None
         setting = None
         if (str(token) not in _TOP_LEVEL and _between_items(error)
                 and _before_equals(text, offset + len(str(token)))
@@ -351,6 +354,8 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
                               block=setting[0], help=help_text)
         elif suggestion is not None:
             help_text = f"did you mean `{suggestion}`?"
+        elif misplaced is not None:
+            help_text = misplaced
         elif swallowed is not None:
             # `scale` at the end of a line, then `graded "…"`: `graded` was read as the
             # scale's name; the name is what is missing, after `scale`.
@@ -450,6 +455,26 @@ def _before_equals(text: str, offset: int) -> bool:
     return bool(re.match(r"\s*=(?!=)", rest))
 
 
+# Words from other rubric formats for the keyword .qal uses.
+_SYNONYMS = {"boolean": "binary", "bool": "binary", "yesno": "binary", "gate": "binary",
+             "yes_no": "binary", "rating": "graded", "rated": "graded", "likert": "graded",
+             "score": "graded", "scored": "graded", "criterion": "dimension",
+             "category": "principle", "section": "principle", "aspect": "dimension",
+             "import_": "import", "rubric": "constitution", "prompt": "template"}
+
+
+def _misplaced(text: str, offset: int, token: str) -> str | None:
+    """A question or dimension written one level too high."""
+    block = _open_block(text, offset)
+    if token in ("binary", "graded") and block is not None and block[0].startswith("`principle"):
+        return 'questions go inside a dimension: `dimension "Clarity" { graded "…" }`'
+    if token == "dimension" and block is None:
+        return 'dimensions go inside a principle: `principle "Helpfulness" { dimension "…" { … } }`'
+    if token in ("binary", "graded") and block is None:
+        return 'questions go inside a dimension, inside a principle'
+    return None
+
+
 def _keyword_suggestion(error: UnexpectedInput, token: str) -> str | None:
     """The keyword a misspelt word was probably meant to be (`scal` -> `scale`)."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", token):
@@ -468,6 +493,9 @@ def _keyword_suggestion(error: UnexpectedInput, token: str) -> str | None:
             if pattern.type == "str" and pattern.value.isidentifier():
                 words.add(pattern.value)
     words.discard(token)
+    meant = _SYNONYMS.get(token.lower())
+    if meant in words:
+        return meant
     if token.lower() in words:
         return token.lower()
     close = difflib.get_close_matches(token.lower(), sorted(words), n=1, cutoff=0.7)
@@ -508,7 +536,10 @@ def _common_slip(text: str, offset: int, token: str, error: UnexpectedInput) -> 
     """A hint for mistakes carried over from other languages."""
     if text.startswith("//", offset):
         return "comments start with `#`"
-    if token in ("True", "False", "true", "false", "None", "null"):
+    if "NA_VALUE" in _acceptable(error) and re.match(r"(?i)n\s*[\\/]?\s*a\b|none\b|null\b|nan\b",
+                                                      text[offset:]):
+        return "write `n/a` (lowercase, with a slash) for the not-applicable label"
+    if token in ("True", "False", "true", "false", "TRUE", "FALSE", "None", "null"):
         return "there are no booleans or null here: write a number (e.g. `1.0`, `-1.0`)"
     if token == "=" and text[:offset].rstrip().endswith("="):
         return "write a single `=`"
@@ -527,6 +558,7 @@ _CHARACTER_HINTS = {
     "\u201c": 'use straight quotes `"`', "\u201d": 'use straight quotes `"`',
     "\u2018": 'use straight quotes `"`', "\u2019": 'use straight quotes `"`',
     "'": 'strings use double quotes `"`',
+    "\u2026": "`…` in the docs stands for what you write there; replace it with the content",
     "&": "there is no `&`: combine numbers with `min(…)`, `mean(…)` or arithmetic",
     "|": "there is no `|`: combine numbers with `max(…)`, `mean(…)` or arithmetic",
 }
