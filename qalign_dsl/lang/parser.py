@@ -379,9 +379,16 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
                 detail += f": {chosen}"
             help_text = f"found {found} on line {line} instead"
             span = Span.point(prev_line, prev_column)
+            meant = difflib.get_close_matches(prev_text, _OFTEN_MISSPELT, n=1, cutoff=0.6)
+            if meant and prev_text not in _OFTEN_MISSPELT:
+                # `False = -1.0 fail`: the misspelt keyword was read as the next label.
+                detail = f"unexpected `{_clip(prev_text)}`"
+                help_text = f"did you mean `{meant[0]}`?"
+                span = Span(prev_line, prev_column - len(prev_text), prev_line, prev_column)
     return codes.make("QAL001", path, span, source=text, detail=detail, help=help_text)
 
 
+_OFTEN_MISSPELT = ("fails", "then", "else", "weight")
 _TOP_LEVEL = frozenset(("principle", "reward", "scale", "template", "defaults", "import",
                         "constitution", "output", "revision_reward", "qal"))
 
