@@ -263,10 +263,13 @@ def _template(ctx: Context, decl: nodes.TemplateDecl, file: SourceFile) -> model
                       help=f"write `{problem.detail * 2}` for a literal `{problem.detail}`")
         ok = False
     slots = [p.name for p in parts if isinstance(p, model.Slot)]
-    for required in REQUIRED_SLOTS:
-        if required not in slots and not problems:
-            ctx.error("QAL302", user.span, file, name=decl.name.value, slot=required)
-            ok = False
+    absent = [r for r in REQUIRED_SLOTS if r not in slots]
+    if absent and not problems:
+        # One error for the template, however many slots it lacks.
+        others = ", ".join("`{" + r + "}`" for r in absent[1:])
+        ctx.error("QAL302", user.span, file, name=decl.name.value, slot=absent[0],
+                  help=f"it also lacks {others}" if others else None)
+        ok = False
     if "response" in slots:
         first_response = slots.index("response")
         early = [s for s in slots[:first_response] if s in PER_QUESTION_SLOTS]
