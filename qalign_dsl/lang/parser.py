@@ -5,9 +5,11 @@ Pure: takes bytes or text, returns a `Module` or diagnostics. The CLI reads file
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.resources
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,8 @@ def decode_source(data: bytes, path: str) -> tuple[str | None, list[Diagnostic]]
         ]
     if text.startswith("\ufeff"):
         text = text[1:]
+    if "\r" in text:
+        text = re.sub(r"\r(?!\n)", "\n", text)  # classic Mac line endings: a lone CR ends a line
     problems = control_characters(text, path)
     return (None, problems) if problems else (text, [])
 
@@ -260,7 +264,7 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
             )
         return codes.make(
             "QAL004", path, Span.point(line, column), source=text, char=_describe_char(char),
-            help=_CHARACTER_HINTS.get(char, "remove it, or put it inside a string"),
+            help=_character_hint(char),
         )
     unclosed = _unclosed_bracket(text)
     at_end = isinstance(error, UnexpectedEOF) or (
@@ -279,9 +283,15 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
     line = getattr(error, "line", -1)
     column = getattr(error, "column", -1)
     if token is None or token.type == "$END" or line is None or line < 1:
-        lines = text.split("\n")
-        line, column = len(lines), len(lines[-1]) + 1
-        found = "the end of the file"
+        # Point right after the last token (what is missing follows it), not at the empty
+        # line after the final newline.
+        last = _previous_token(text, len(text))
+        if last is not None:
+            line, column = last[0], last[1]
+        else:
+            lines = text.split("\n")
+            line, column = len(lines), len(lines[-1]) + 1
+        found = "end of the file"
         width = 1
     else:
         found = f"`{_clip(str(token))}`"
@@ -308,8 +318,23 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
         offset = _offset(text, line, column)
         slip = _common_slip(text, offset, str(token), error)
         previous = _previous_token(text, offset)
-        block = _open_block(text, offset) if str(token) in _TOP_LEVEL else None
+        first_on_line = not text[text.rfind("\n", 0, offset) + 1:offset].strip()
+        block = (_open_block(text, offset) if str(token) in _TOP_LEVEL and first_on_line
+                 else None)
+        if str(token) == "dimension" and block is None:
+            inner = _open_block(text, offset)  # `dimension` met inside a dimension
+            block = inner if inner is not None and inner[0].startswith("`dimension") else None
         keyword = _keyword_before(text, offset, previous)
+        if keyword is not None and not ({"EQUAL", "FAILS"} & _acceptable(error)):
+            keyword = None  # the keyword was read as one (`scale binry` in defaults), not a label
+        swallowed = _swallowed_name(text, offset, previous)
+        suggestion = _keyword_suggestion(error, str(token))
+        misplaced = _misplaced(text, offset, str(token)) if _between_items(error) else None
+        setting = None
+        if (str(token) not in _TOP_LEVEL and _between_items(error)
+                and _before_equals(text, offset + len(str(token)))
+                and not text[text.rfind("\n", 0, offset) + 1:offset].strip()):
+            setting = _open_block(text, offset)  # `NAME = …` starting a line inside a block
         if block is None and keyword is not None:
             # `scale verdict {` inside a block still open reads as a label named `scale`.
             block = _open_block(text, keyword[2])
@@ -319,6 +344,27 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
                 span = Span(line, column, line, column + len(keyword[3]))
         if slip is not None:
             help_text = slip
+        elif setting is not None:
+            # `tempalte = judge` in `defaults`: a misspelt setting, as in the other blocks.
+            if str(token) == "weight":
+                help_text = "a weight goes in the header, e.g. `dimension \"…\" weight 2 {`"
+            elif suggestion is not None:
+                help_text = f"did you mean `{suggestion}`?"
+            return codes.make("QAL110", path, span, source=text, name=str(token),
+                              block=setting[0], help=help_text)
+        elif suggestion is not None:
+            help_text = f"did you mean `{suggestion}`?"
+        elif misplaced is not None:
+            help_text = misplaced
+        elif swallowed is not None:
+            # `scale` at the end of a line, then `graded "…"`: `graded` was read as the
+            # scale's name; the name is what is missing, after `scale`.
+            prev_line, prev_column, prev_text = swallowed
+            wanted = "an expression" if prev_text in _EXPR_OPENERS else "a name"
+            detail = f"expected {wanted} after `{prev_text}`"
+            help_text = f"`{previous[2] if previous else ''}` on the next line starts something " \
+                f"else; write {wanted} here"
+            span = Span.point(prev_line, prev_column)
         elif block is not None:
             detail = f"unexpected {found}: {block[0]} is still open"
             help_text = f"add `}}` to close {block[0]} (opened at line {block[1]}) before this"
@@ -333,9 +379,16 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
                 detail += f": {chosen}"
             help_text = f"found {found} on line {line} instead"
             span = Span.point(prev_line, prev_column)
+            meant = difflib.get_close_matches(prev_text, _OFTEN_MISSPELT, n=1, cutoff=0.6)
+            if meant and prev_text not in _OFTEN_MISSPELT:
+                # `False = -1.0 fail`: the misspelt keyword was read as the next label.
+                detail = f"unexpected `{_clip(prev_text)}`"
+                help_text = f"did you mean `{meant[0]}`?"
+                span = Span(prev_line, prev_column - len(prev_text), prev_line, prev_column)
     return codes.make("QAL001", path, span, source=text, detail=detail, help=help_text)
 
 
+_OFTEN_MISSPELT = ("fails", "then", "else", "weight")
 _TOP_LEVEL = frozenset(("principle", "reward", "scale", "template", "defaults", "import",
                         "constitution", "output", "revision_reward", "qal"))
 
@@ -381,6 +434,81 @@ def _previous_token(text: str, offset: int) -> tuple[int, int, str] | None:
     return None
 
 
+_CLAUSE_KEYWORDS = frozenset(("scale", "template", "as", "weight"))
+_EXPR_OPENERS = frozenset(("=", "then", "else", "+", "-", "*", "/", "(", ","))
+_LINE_STARTERS = frozenset(("binary", "graded", "dimension", "principle", "pool", "scale",
+                            "template", "description"))
+
+
+def _swallowed_name(text: str, offset: int, previous: tuple[int, int, str] | None
+                    ) -> tuple[int, int, str] | None:
+    """`… scale` ending a line, then `graded "…"` on the next: the parser took the word that
+    starts the next line as the clause's name. The clause keyword's position and text."""
+    if previous is None or previous[2] not in _LINE_STARTERS:
+        return None
+    line, end_column, word = previous
+    start = _offset(text, line, end_column - len(word))
+    if text[text.rfind("\n", 0, start) + 1:start].strip():
+        return None  # not the first word of its line
+    before = _previous_token(text, start)
+    if before is None or before[0] >= line or before[2] not in _CLAUSE_KEYWORDS | _EXPR_OPENERS:
+        return None
+    return before
+
+
+def _before_equals(text: str, offset: int) -> bool:
+    """Whether `=` (not `==`) follows `offset` on the same line."""
+    rest = text[offset:text.find("\n", offset) if "\n" in text[offset:] else len(text)]
+    return bool(re.match(r"\s*=(?!=)", rest))
+
+
+# Words from other rubric formats for the keyword .qal uses.
+_SYNONYMS = {"boolean": "binary", "bool": "binary", "yesno": "binary", "gate": "binary",
+             "yes_no": "binary", "rating": "graded", "rated": "graded", "likert": "graded",
+             "score": "graded", "scored": "graded", "criterion": "dimension",
+             "category": "principle", "section": "principle", "aspect": "dimension",
+             "import_": "import", "rubric": "constitution", "prompt": "template"}
+
+
+def _misplaced(text: str, offset: int, token: str) -> str | None:
+    """A question or dimension written one level too high."""
+    block = _open_block(text, offset)
+    if token in ("binary", "graded") and block is not None and block[0].startswith("`principle"):
+        return 'questions go inside a dimension: `dimension "Clarity" { graded "…" }`'
+    if token == "dimension" and block is None:
+        return 'dimensions go inside a principle: `principle "Helpfulness" { dimension "…" { … } }`'
+    if token in ("binary", "graded") and block is None:
+        return 'questions go inside a dimension, inside a principle'
+    return None
+
+
+def _keyword_suggestion(error: UnexpectedInput, token: str) -> str | None:
+    """The keyword a misspelt word was probably meant to be (`scal` -> `scale`)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", token):
+        return None
+    words: set[str] = set()
+    for name in _acceptable(error):
+        if name == "KIND":
+            words |= {"binary", "graded"}
+        elif name == "LEVEL":
+            words |= {"dimension", "principle"}
+        else:
+            try:
+                pattern = _lark().get_terminal(name).pattern
+            except KeyError:
+                continue
+            if pattern.type == "str" and pattern.value.isidentifier():
+                words.add(pattern.value)
+    words.discard(token)
+    meant = _SYNONYMS.get(token.lower())
+    if meant in words:
+        return meant
+    if token.lower() in words:
+        return token.lower()
+    close = difflib.get_close_matches(token.lower(), sorted(words), n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
 def _keyword_before(text: str, offset: int, previous: tuple[int, int, str] | None
                     ) -> tuple[int, int, int, str] | None:
     """A top-level keyword that starts the line of `offset` just before it (line, column,
@@ -415,7 +543,10 @@ def _common_slip(text: str, offset: int, token: str, error: UnexpectedInput) -> 
     """A hint for mistakes carried over from other languages."""
     if text.startswith("//", offset):
         return "comments start with `#`"
-    if token in ("True", "False", "true", "false", "None", "null"):
+    if "NA_VALUE" in _acceptable(error) and re.match(r"(?i)n\s*[\\/]?\s*a\b|none\b|null\b|nan\b",
+                                                      text[offset:]):
+        return "write `n/a` (lowercase, with a slash) for the not-applicable label"
+    if token in ("True", "False", "true", "false", "TRUE", "FALSE", "None", "null"):
         return "there are no booleans or null here: write a number (e.g. `1.0`, `-1.0`)"
     if token == "=" and text[:offset].rstrip().endswith("="):
         return "write a single `=`"
@@ -434,6 +565,7 @@ _CHARACTER_HINTS = {
     "\u201c": 'use straight quotes `"`', "\u201d": 'use straight quotes `"`',
     "\u2018": 'use straight quotes `"`', "\u2019": 'use straight quotes `"`',
     "'": 'strings use double quotes `"`',
+    "\u2026": "`…` in the docs stands for what you write there; replace it with the content",
     "&": "there is no `&`: combine numbers with `min(…)`, `mean(…)` or arithmetic",
     "|": "there is no `|`: combine numbers with `max(…)`, `mean(…)` or arithmetic",
 }
@@ -469,7 +601,29 @@ def _describe_char(char: str) -> str:
         return "at the end of the file"
     if char.isprintable() and not char.isspace():
         return f"`{char}`"
-    return f"U+{ord(char):04X}"
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X}" + (f" ({name.lower()})" if name else "")
+
+
+def _character_hint(char: str) -> str:
+    """How to fix an unexpected character: the usual slips first, then by its kind."""
+    if char in _CHARACTER_HINTS:
+        return _CHARACTER_HINTS[char]
+    if char in _INVISIBLE:
+        return "an invisible character (often pasted from a web page or chat): delete it"
+    if char.isspace():
+        return "a non-standard space: replace it with an ordinary space"
+    if unicodedata.category(char) == "Pd":
+        return "use the ASCII minus `-`"
+    plain = unicodedata.normalize("NFKC", char)
+    if plain != char and plain.isascii():
+        return f"use the ASCII `{plain}`"
+    if char.isalpha():
+        return "names use ASCII letters, digits and `_`; other text belongs in a string"
+    return "remove it, or put it inside a string"
+
+
+_INVISIBLE = frozenset("\u200b\u200c\u200d\u2060\ufeff\u00ad\u200e\u200f")
 
 
 def _clip(text: str, limit: int = 40) -> str:

@@ -154,14 +154,17 @@ class Context:
         return {d.id: d for p in self.principles for d in p.dimensions}
 
     def error(self, code: str, span: Span, file: SourceFile | None = None,
-              help: str | None = None, first: tuple[Span, SourceFile | None] | None = None,
-              **fields: object) -> None:
-        """Report `code` at `span`; `first` is where a duplicate was first defined."""
+              help: str | None = None,
+              first: tuple[Span, SourceFile | None] | tuple[Span, SourceFile | None, str]
+              | None = None, **fields: object) -> None:
+        """Report `code` at `span`; `first` is where a duplicate was first defined (or, with a
+        third item naming it, another place worth showing)."""
         source = file or self.entry
         related: tuple[Label, ...] = ()
         if first is not None:
             where = first[1] or source
-            related = (Label(where.path, first[0], "first defined here", where.text),)
+            note = first[2] if len(first) == 3 else "first defined here"
+            related = (Label(where.path, first[0], note, where.text),)
         self.diagnostics.append(codes.make(code, source.path, span, help=help,
                                            source=source.text, related=related, **fields))
 

@@ -218,7 +218,9 @@ def _template(ctx: Context, decl: nodes.TemplateDecl, file: SourceFile) -> model
         system_parts, problems = split_template(system)
         slot = next((p for p in problems if p.kind == "unknown"), None)
         if slot is None and any(isinstance(p, model.Slot) for p in system_parts):
-            ctx.error("QAL304", text.span, file,
+            # At the slot itself, also inside `"""…"""` text.
+            first = next(m for m in _SLOT.finditer(system) if m.group(1) in TEMPLATE_SLOTS)
+            ctx.error("QAL304", text_span(file, text, first.start(), len(first.group())), file,
                       help="move slots into `user`; write `{{`/`}}` for literal braces")
             ok = False
         elif slot is not None:
@@ -261,15 +263,23 @@ def _template(ctx: Context, decl: nodes.TemplateDecl, file: SourceFile) -> model
                       help=f"write `{problem.detail * 2}` for a literal `{problem.detail}`")
         ok = False
     slots = [p.name for p in parts if isinstance(p, model.Slot)]
-    for required in REQUIRED_SLOTS:
-        if required not in slots and not problems:
-            ctx.error("QAL302", user.span, file, name=decl.name.value, slot=required)
-            ok = False
+    absent = [r for r in REQUIRED_SLOTS if r not in slots]
+    if absent and not problems:
+        # One error for the template, however many slots it lacks.
+        others = ", ".join("`{" + r + "}`" for r in absent[1:])
+        ctx.error("QAL302", user.span, file, name=decl.name.value, slot=absent[0],
+                  help=f"it also lacks {others}" if others else None)
+        ok = False
     if "response" in slots:
         first_response = slots.index("response")
         early = [s for s in slots[:first_response] if s in PER_QUESTION_SLOTS]
         if early:
-            ctx.error("QAL303", user.span, file, slot=early[0],
+            # Point at the early slot itself (inside `"""…"""` text too), not the string.
+            where = next((m for m in _SLOT.finditer(str(values["user"]))
+                          if m.group(1) == early[0]), None)
+            span = (user.span if where is None
+                    else text_span(file, user, where.start(), len(where.group())))
+            ctx.error("QAL303", span, file, slot=early[0],
                       help="move `{response}` above the per-question slots")
     if not ok:
         return None

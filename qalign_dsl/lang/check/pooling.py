@@ -231,7 +231,8 @@ def _expr(ctx: Context, expr: nodes.Expr, scope: _Scope, blocks: dict[str, Princ
         for item in expr.items:
             constant = _constant(ctx, item)
             if constant is None:
-                ctx.error("QAL203", item.span, detail="list items must be constant numbers")
+                ctx.error("QAL203", item.span,
+                          detail="list items must be plain numbers, e.g. `weights=[2, 1]`")
                 return None
             if not math.isfinite(constant):
                 return None  # QAL116, reported by the numbers pass
@@ -467,6 +468,8 @@ def _call(ctx: Context, expr: nodes.Call, scope: _Scope, blocks: dict[str, Princ
     else:
         values = tuple(i.weight for i in items)
         ctx.weighted.update(_weight_key(i.expr) for i in items)
+    if not all(math.isfinite(v) for v in values):
+        return None  # a weight literal the IR cannot hold: QAL116 is reported at it
     if not math.isfinite(sum(values)):
         ctx.error("QAL116", expr.span, detail="the `wmean` weights add up to infinity",
                   help="scale the weights down; only their ratios matter")

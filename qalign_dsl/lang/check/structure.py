@@ -37,23 +37,72 @@ def structure(ctx: Context) -> None:
 
 
 def inheritance(ctx: Context) -> None:
-    gate_scales_reported: set[tuple[str, Span]] = set()
+    gate_problems: dict[str, list[tuple[Span, int]]] = {}
+    graded_scales: set[str] = set()
     missing: dict[tuple[str, str], list[QuestionDraft]] = {}
     for principle in ctx.principles:
         for dimension in principle.dimensions:
             for question in dimension.questions:
                 resolved = _question(
                     ctx, question, dimension, principle, ctx.defaults, ctx.scales,
-                    ctx.templates, gate_scales_reported, missing,
+                    ctx.templates, gate_problems, missing,
                 )
                 if resolved is None:
                     continue
+                if resolved.kind == "graded":
+                    graded_scales.add(resolved.scale)
                 ctx.questions.append(resolved)
                 if resolved.scale not in ctx.used_scales:
                     ctx.used_scales.append(resolved.scale)
                 if resolved.template not in ctx.used_templates:
                     ctx.used_templates.append(resolved.template)
     _report_missing(ctx, missing)
+    _report_gate_scales(ctx, gate_problems, graded_scales)
+
+
+def _report_gate_scales(ctx: Context, problems: dict[str, list[tuple[Span, int]]],
+                        graded_scales: set[str]) -> None:
+    """A scale used by binary questions without exactly one `fails` label. When only binary
+    questions use it, the scale is what is wrong: report once, at the label that should (or
+    should not) be `fails`. A scale graded questions use too was the wrong pick: report
+    where binary questions name it."""
+    for name, uses in problems.items():
+        count = uses[0][1]
+        declared = ctx.scales[name]
+        label = None
+        if name not in graded_scales and declared.file.path == ctx.entry.path:
+            label = _culprit_label(ctx.entry.module.items, name, count)
+        if label is not None:
+            fix = (f"mark the failing answer: `{label.label.value} = "
+                   f"{label.value.text if label.value else ''} fails`" if count == 0
+                   else "keep `fails` on one label only")
+            ctx.error("QAL402", label.span, scale=name, count=count, help=fix,
+                      first=(uses[0][0], None, "binary questions use it here"))
+            continue
+        gates = [n for n, d in ctx.scales.items()
+                 if isinstance(d.value, model.Scale) and d.value.fail_label is not None]
+        fix = (f"use a scale with a `fails` label (`{'`, `'.join(gates)}`), or mark the "
+               f"failing answer of `{name}` with `fails`") if gates else \
+            "mark the failing answer, e.g. `False = -1.0 fails`"
+        ctx.unknown_uses.add("scale")  # the gate scale left unused is this mistake's echo
+        for span in dict.fromkeys(span for span, _ in uses):
+            ctx.error("QAL402", span, scale=name, count=count, help=fix)
+
+
+def _culprit_label(items: tuple[nodes.Item, ...], name: str, count: int
+                   ) -> nodes.ScaleLabel | None:
+    """With no `fails` label, the lowest-valued one (the likely failing answer); with
+    several, the second."""
+    decl = next((i for i in items if isinstance(i, nodes.ScaleDecl) and i.name.value == name),
+                None)
+    if decl is None:
+        return None
+    labels = [m for m in decl.members if isinstance(m, nodes.ScaleLabel)]
+    if count == 0:
+        valued = [m for m in labels if m.value is not None]
+        return min(valued, key=lambda m: m.value.value if m.value else 0.0) if valued else None
+    failing = [m for m in labels if m.fails]
+    return failing[1] if len(failing) > 1 else None
 
 
 def _report_missing(ctx: Context, missing: dict[tuple[str, str], list[QuestionDraft]]) -> None:
@@ -210,6 +259,10 @@ def _question_draft(ctx: Context, question: nodes.Question, dimension_id: str,
                       first=(given[clause.keyword].span, None))
             continue
         given[clause.keyword] = clause
+    if not question.text.value.strip():
+        ctx.error("QAL111", question.text.span, detail="a question needs text: it is what the "
+                  "judge is asked", help=f'write the question: `{question.kind} "Is it …?"`')
+        return None
     if "as" in given:
         name = given["as"].value
         assert isinstance(name, nodes.Name)
@@ -245,7 +298,7 @@ def _question_draft(ctx: Context, question: nodes.Question, dimension_id: str,
 def _question(
     ctx: Context, question: QuestionDraft, dimension: DimensionDraft, principle: PrincipleDraft,
     defaults: dict[str, nodes.Node], scales: Table,
-    templates: Table, gate_reported: set[tuple[str, Span]],
+    templates: Table, gate_problems: dict[str, list[tuple[Span, int]]],
     missing: dict[tuple[str, str], list[QuestionDraft]],
 ) -> model.Question | None:
     kind = question.node.kind
@@ -265,12 +318,8 @@ def _question(
         if not isinstance(scale, model.Scale):
             ok = False
         elif kind == "binary" and scale.fail_label is None:
-            key = (scale_name.value, scale_name.span)
-            if key not in gate_reported:
-                gate_reported.add(key)
-                count = ctx.fail_counts.get((scale.name, declared.file.path), 0)
-                ctx.error("QAL402", scale_name.span, scale=scale.name, count=count,
-                           help="mark the failing answer, e.g. `False = -1.0 fails`")
+            count = ctx.fail_counts.get((scale.name, declared.file.path), 0)
+            gate_problems.setdefault(scale_name.value, []).append((scale_name.span, count))
             ok = False
     if template_name is None:
         missing.setdefault(("template", ""), []).append(question)
