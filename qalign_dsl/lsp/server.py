@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path, to_fs_path
+from pygls.workspace import TextDocument, Workspace
 
 from qalign_dsl.lang.diagnostics import Span
 from qalign_dsl.lang.fmt import format_module
@@ -49,9 +51,14 @@ class QalServer(LanguageServer):
         self.parsers: dict[str, IncrementalParser] = {}  # uri -> its incremental parser
         self.published: dict[str, tuple[int | None, list[types.Diagnostic]]] = {}
         self.roots: list[str] = []
+        self.encoding = "utf-16"  # the position encoding negotiated at initialize
         self._disk: dict[str, tuple[float, Analysis]] = {}  # workspace files not open
 
     # --- paths and text
+    def lines(self, text: str) -> Lines:
+        """Position conversions in the encoding negotiated with the client."""
+        return Lines(text, self.encoding)
+
     @staticmethod
     def path_of(uri: str) -> str:
         return to_fs_path(uri) or uri
@@ -86,7 +93,7 @@ class QalServer(LanguageServer):
                 text = read_file_bytes(Path(path)).decode("utf-8", "replace")
             except SourceUnavailable:
                 text = ""
-        return Lines(text)
+        return self.lines(text)
 
     def location(self, path: str, span: Span) -> types.Location:
         return types.Location(uri=self.uri_of(path), range=self.lines_of(path).range(span))
@@ -115,7 +122,7 @@ class QalServer(LanguageServer):
         the cursor maps to 0 when it changed since."""
         analysis = self.best(uri)
         document = self.workspace.get_text_document(uri)
-        buffer = Lines(document.source)
+        buffer = self.lines(document.source)
         line, column = buffer.position(position)
         if analysis.text == document.source:
             return analysis, line, column, None
@@ -180,9 +187,10 @@ class QalServer(LanguageServer):
                     continue  # that file's own analysis reports it
                 target = open_keys.get(key) or self.uri_of(diagnostic.path)
                 uri_of.setdefault(key, target)
-                lines = Lines(analysis.text) if key == file_key(analysis.path) \
+                lines = self.lines(analysis.text) if key == file_key(analysis.path) \
                     else self.lines_of(diagnostic.path)
-                converted = to_lsp_diagnostic(diagnostic, lines, uri_of, analysis)
+                converted = to_lsp_diagnostic(diagnostic, lines, uri_of,
+                                              self.lines_of)
                 found = by_uri.setdefault(target, [])
                 if converted not in found:
                     found.append(converted)
@@ -254,6 +262,10 @@ def build_server(version: str = "") -> QalServer:
         if not folders and params.root_uri:
             folders = [ls.path_of(params.root_uri)]
         ls.roots = [f for f in folders if os.path.isdir(f)]
+        # pygls picks the client's first offered encoding (Neovim offers UTF-8 first); every
+        # conversion here follows it, and buffers split lines as the protocol does.
+        ls.encoding = str(ls.workspace.position_encoding or "utf-16")
+        ls.workspace._create_text_document = _text_document_factory(ls.workspace)  # type: ignore[method-assign]
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: QalServer, params: types.DidOpenTextDocumentParams) -> None:
@@ -296,7 +308,7 @@ def build_server(version: str = "") -> QalServer:
         document = ls.workspace.get_text_document(uri)
         return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown,
                                                         value=text),
-                           range=Lines(document.source).range(span) if span else None)
+                           range=ls.lines(document.source).range(span) if span else None)
 
     @server.feature(types.TEXT_DOCUMENT_DEFINITION)
     def on_definition(ls: QalServer, params: types.DefinitionParams) -> types.Location | None:
@@ -332,7 +344,7 @@ def build_server(version: str = "") -> QalServer:
         if analysis.index is None:
             raise JsonRpcException("the file does not parse; fix its syntax errors before "
                                    "renaming", REQUEST_FAILED)
-        lines = Lines(analysis.text)
+        lines = ls.lines(analysis.text)
         try:
             span, placeholder = navigation.prepare_rename(analysis,
                                                           *lines.position(params.position))
@@ -350,7 +362,7 @@ def build_server(version: str = "") -> QalServer:
         if analysis.index is None:
             raise JsonRpcException("the file does not parse; fix its syntax errors before "
                                    "renaming", REQUEST_FAILED)
-        line, column = Lines(analysis.text).position(params.position)
+        line, column = ls.lines(analysis.text).position(params.position)
         occurrence = navigation.key_at(analysis, line, column)
         if occurrence is None:
             raise JsonRpcException("nothing to rename here", REQUEST_FAILED)
@@ -370,7 +382,7 @@ def build_server(version: str = "") -> QalServer:
         formatted = format_module(entry.module)
         if formatted == analysis.text:
             return []
-        lines = Lines(analysis.text)
+        lines = ls.lines(analysis.text)
         return [types.TextEdit(range=types.Range(start=types.Position(line=0, character=0),
                                                  end=lines.end()), new_text=formatted)]
 
@@ -388,14 +400,16 @@ def build_server(version: str = "") -> QalServer:
         document = ls.workspace.get_text_document(uri)
         if analysis.text != document.source:
             mapping = LineMap(analysis.text, document.source)
-        lines = Lines(document.source)
+        lines = ls.lines(document.source)
         return [s for s in (_symbol(s, lines, mapping)
                             for s in navigation.outline(entry.module)) if s is not None]
 
     @server.feature(types.TEXT_DOCUMENT_FOLDING_RANGE)
     def on_folding(ls: QalServer, params: types.FoldingRangeParams) -> list[types.FoldingRange]:
         document = ls.workspace.get_text_document(params.text_document.uri)
-        return [types.FoldingRange(start_line=a - 1, end_line=b - 1,
+        lines = ls.lines(document.source)
+        return [types.FoldingRange(start_line=lines.to_lsp(a, 1).line,
+                                   end_line=lines.to_lsp(b, len(lines.line(b)) + 1).line,
                                    kind=types.FoldingRangeKind.Comment if kind == "comment"
                                    else types.FoldingRangeKind.Region)
                 for a, b, kind in navigation.folding_ranges(document.source)]
@@ -406,14 +420,15 @@ def build_server(version: str = "") -> QalServer:
         document = ls.workspace.get_text_document(uri)
         analysis = ls.analysis(uri)
         return types.SemanticTokens(
-            data=tokens.encode(tokens.semantic_tokens(analysis, document.source)))
+            data=tokens.encode(tokens.semantic_tokens(analysis, document.source,
+                                                      ls.lines(document.source))))
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION,
                     types.CompletionOptions(trigger_characters=[".", "{", "(", " ", "="]))
     def on_completion(ls: QalServer, params: types.CompletionParams) -> types.CompletionList:
         uri = params.text_document.uri
         document = ls.workspace.get_text_document(uri)
-        lines = Lines(document.source)
+        lines = ls.lines(document.source)
         line, column = lines.position(params.position)
         analysis, old_line, _, _ = ls.view(uri, params.position)
         items = completion.complete(document.source, offset_of(document.source, line, column),
@@ -428,12 +443,12 @@ def build_server(version: str = "") -> QalServer:
                        params: types.CodeActionParams) -> list[types.CodeAction]:
         uri = params.text_document.uri
         analysis = ls.analysis(uri)
-        lines = Lines(analysis.text)
-        first = params.range.start.line + 1
-        last = params.range.end.line + 1
+        lines = ls.lines(analysis.text)
+        first = lines.position(params.range.start)[0]
+        last = lines.position(params.range.end)[0]
         result = []
         for fix in actions.fixes(analysis, first, last):
-            diagnostic = to_lsp_diagnostic(fix.diagnostic, lines, {}, None)
+            diagnostic = to_lsp_diagnostic(fix.diagnostic, lines, {}, ls.lines_of)
             result.append(types.CodeAction(
                 title=fix.title, kind=types.CodeActionKind.QuickFix,
                 diagnostics=[diagnostic], is_preferred=fix.preferred,
@@ -482,6 +497,28 @@ def _workspace_edit(ls: QalServer,
         changes[ls.uri_of(path)] = [types.TextEdit(range=lines.range(span), new_text=text)
                                     for span, text in spans]
     return types.WorkspaceEdit(changes=changes)
+
+
+_PROTOCOL_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+class _Document(TextDocument):
+    """pygls splits lines with `str.splitlines`, which also breaks at U+2028, U+0085, form
+    feeds and more: an incremental change after such a character would land on the wrong
+    line. The protocol's line breaks are only "\n", "\r\n" and "\r"."""
+
+    @property
+    def lines(self) -> list[str]:
+        return _PROTOCOL_LINES.findall(self.source)
+
+
+def _text_document_factory(workspace: Workspace) -> Any:
+    def create(doc_uri: str, source: str | None = None, version: int | None = None,
+               language_id: str | None = None) -> TextDocument:
+        return _Document(doc_uri, source=source, version=version, language_id=language_id,
+                         sync_kind=workspace._sync_kind,
+                         position_codec=workspace.position_codec)
+    return create
 
 
 def serve(version: str = "") -> None:

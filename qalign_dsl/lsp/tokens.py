@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from pygments.token import Comment, Keyword, Name, Number, Operator, String, _TokenType
 
 from qalign_dsl.lsp.analysis import Analysis
 from qalign_dsl.lsp.convert import Lines
 from qalign_dsl.lsp.index import DIMENSION, PRINCIPLE, QUESTION, SCALE, TEMPLATE
 from qalign_dsl.lsp.lexer import QalLexer
+
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")  # the end of a line that a lone "\r" ends
 
 TOKEN_TYPES = ["namespace", "class", "enum", "interface", "property", "function", "variable",
                "keyword", "comment", "string", "number", "operator", "parameter", "type"]
@@ -41,11 +45,13 @@ def _classify(token: _TokenType) -> tuple[str, int] | None:
     return None
 
 
-def semantic_tokens(analysis: Analysis, text: str) -> list[tuple[int, int, int, str, int]]:
-    """(0-based line, UTF-16 character, length, type, modifier bits) in order; multi-line
-    tokens split per line. Names found in the index take their definition's kind."""
+def semantic_tokens(analysis: Analysis, text: str,
+                    lines: Lines | None = None) -> list[tuple[int, int, int, str, int]]:
+    """(0-based LSP line, character, length, type, modifier bits) in order, in `lines`'
+    encoding (UTF-16 by default); multi-line tokens split per line. Names found in the
+    index take their definition's kind."""
     index = analysis.index if analysis.text == text else None
-    lines = Lines(text)
+    lines = lines or Lines(text)
     out: list[tuple[int, int, int, str, int]] = []
     line, column = 0, 0
     for token, value in QalLexer(stripnl=False, ensurenl=False).get_tokens(text):
@@ -61,9 +67,14 @@ def semantic_tokens(analysis: Analysis, text: str) -> list[tuple[int, int, int, 
                     if occurrence is not None:
                         token_type = _BY_KIND[occurrence.key.kind]
                         modifiers = 1 if occurrence.definition else 0
-                start = lines.to_utf16(line + 1, column + 1)  # LSP counts UTF-16 units
-                end = lines.to_utf16(line + 1, column + 1 + len(piece))
-                out.append((line, start, end - start, token_type, modifiers))
+                at = column
+                for part in _LONE_CR.split(piece):  # a lone "\r" ends an LSP line too
+                    start = lines.to_lsp(line + 1, at + 1)
+                    end = lines.to_lsp(line + 1, at + 1 + len(part.rstrip("\r")))
+                    if part.strip():
+                        out.append((start.line, start.character,
+                                    end.character - start.character, token_type, modifiers))
+                    at += len(part)
             column += len(piece)
     return out
 
