@@ -267,6 +267,20 @@ def build_server(version: str = "") -> QalServer:
         ls.encoding = str(ls.workspace.position_encoding or "utf-16")
         ls.workspace._create_text_document = _text_document_factory(ls.workspace)  # type: ignore[method-assign]
 
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: QalServer, params: types.InitializedParams) -> None:
+        # Clients other than the VS Code extension (Neovim, Helix, ...) report file changes
+        # only when asked: importers are then re-checked when an imported file changes on
+        # disk, not only at their next keystroke.
+        capabilities = ls.client_capabilities.workspace
+        watched = capabilities.did_change_watched_files if capabilities else None
+        if watched is not None and watched.dynamic_registration:
+            ls.client_register_capability(types.RegistrationParams(registrations=[
+                types.Registration(
+                    id="qal-watched-files", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+                    register_options=types.DidChangeWatchedFilesRegistrationOptions(
+                        watchers=[types.FileSystemWatcher(glob_pattern="**/*.qal")]))]))
+
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: QalServer, params: types.DidOpenTextDocumentParams) -> None:
         ls.published.pop(params.text_document.uri, None)  # always publish on open
