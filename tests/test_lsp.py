@@ -844,3 +844,27 @@ def test_file_watching_is_registered_with_clients_that_allow_it(tmp_path: Path) 
         assert [r.method for r in registered] == [types.WORKSPACE_DID_CHANGE_WATCHED_FILES]
     finally:
         client.close()
+
+
+def test_completion_after_a_finished_pooling_line_offers_statements(client: Client,
+                                                                    tmp_path: Path) -> None:
+    """A new line after a whole `pool … = …` or `reward = …` starts the next statement
+    (keywords), not more of the expression; an open bracket or operator continues it."""
+    text = (CONSTITUTIONS / "tutorial.qal").read_text()
+    path = tmp_path / "t.qal"
+    uri = client.open(path, text)
+    client.wait_diagnostics(uri)
+    cases = [
+        (text.replace("min(graded)\n", "min(graded)\n  po"), "min(graded)\n  po", 16,
+         {"pool", "scale", "template"}, "mean"),
+        (text + "\n", "mean(principles))\n", 18, {"revision_reward", "output"}, "mean"),
+        (text.replace("min(graded)\n", "min(graded) +\n    "), "+\n    ", 6, {"mean"},
+         "pool"),
+        (text.replace("min(graded)\n", "min(graded,\n    "), "graded,\n    ", 12, {"gates"},
+         "pool"),
+    ]
+    for version, (edited, needle, offset, wanted, unwanted) in enumerate(cases, start=2):
+        client.change(uri, version, edited)
+        client.wait_diagnostics(uri, version=version)
+        labels = set(_complete(client, uri, find(edited, needle, 0, offset)))
+        assert wanted <= labels and unwanted not in labels, (needle, labels)
