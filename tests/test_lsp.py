@@ -868,3 +868,15 @@ def test_completion_after_a_finished_pooling_line_offers_statements(client: Clie
         client.wait_diagnostics(uri, version=version)
         labels = set(_complete(client, uri, find(edited, needle, 0, offset)))
         assert wanted <= labels and unwanted not in labels, (needle, labels)
+
+
+def test_explain_hover_carries_no_control_characters(client: Client) -> None:
+    """QAL011's example is a terminal escape: the hover (and `qalc explain`) shows it as
+    <U+001B>, never the raw bytes that would retitle a terminal or confuse a renderer."""
+    import re
+
+    uri = client.open(DIAGNOSTICS / "QAL011_control_character.qal")
+    diagnostic = client.wait_diagnostics(uri)[0]
+    text = hover_text(client, uri, diagnostic.range.start)
+    assert "QAL011" in text and "<U+001B>" in text
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text)
