@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_DEBOUNCE_S = 0.01
 REQUEST_FAILED = -32803  # LSP's RequestFailed
 MAX_WORKSPACE_FILES = 500
+WORKSPACE_WALK_S = 2.0
+WORKSPACE_WALK_TTL_S = 5.0
+_SKIPPED_FOLDERS = ("node_modules", "__pycache__", "site-packages", "venv")
 
 
 class QalServer(LanguageServer):
@@ -53,6 +57,7 @@ class QalServer(LanguageServer):
         self.roots: list[str] = []
         self.encoding = "utf-16"  # the position encoding negotiated at initialize
         self._disk: dict[str, tuple[float, Analysis]] = {}  # workspace files not open
+        self._walk: tuple[float, list[str]] | None = None  # (when, the workspace's .qal files)
 
     # --- paths and text
     def lines(self, text: str) -> Lines:
@@ -205,40 +210,52 @@ class QalServer(LanguageServer):
             self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
                 uri=uri, diagnostics=diagnostics, version=version))
 
+    def workspace_files(self) -> list[str]:
+        """The workspace's .qal files (at most MAX_WORKSPACE_FILES). A workspace may be a
+        home folder: the walk stops after a time budget, so references and rename answer
+        within a bound, and its result is reused for a few seconds."""
+        now = time.monotonic()
+        if self._walk is not None and now - self._walk[0] < WORKSPACE_WALK_TTL_S:
+            return self._walk[1]
+        paths: list[str] = []
+        deadline = now + WORKSPACE_WALK_S
+        for root in self.roots:
+            for folder, directories, files in os.walk(root):
+                directories[:] = [d for d in directories if not d.startswith(".")
+                                  and d not in _SKIPPED_FOLDERS]
+                paths += [os.path.join(folder, f) for f in files if f.endswith(".qal")]
+                if len(paths) >= MAX_WORKSPACE_FILES or time.monotonic() > deadline:
+                    logger.warning("workspace walk stopped at %d .qal files", len(paths))
+                    break
+            else:
+                continue
+            break
+        self._walk = (time.monotonic(), paths[:MAX_WORKSPACE_FILES])
+        return self._walk[1]
+
     def workspace_analyses(self, name: str) -> list[Analysis]:
         """Analyses of the workspace's .qal files that mention `name` (references and renames
         across files that are not open), cached by modification time."""
         found: list[Analysis] = []
         open_keys = {file_key(self.path_of(u)) for u in self.workspace.text_documents}
-        seen = 0
-        for root in self.roots:
-            for folder, directories, files in os.walk(root):
-                directories[:] = [d for d in directories if not d.startswith(".")
-                                  and d not in ("node_modules", "__pycache__")]
-                for file in files:
-                    if not file.endswith(".qal"):
+        for path in self.workspace_files():
+            if file_key(path) in open_keys:
+                continue
+            try:
+                mtime = os.stat(path).st_mtime
+                cached = self._disk.get(path)
+                if cached is None or cached[0] != mtime:
+                    data = read_file_bytes(Path(path))
+                    if name.encode() not in data:
                         continue
-                    seen += 1
-                    if seen > MAX_WORKSPACE_FILES:
-                        return found
-                    path = os.path.join(folder, file)
-                    if file_key(path) in open_keys:
-                        continue
-                    try:
-                        mtime = os.stat(path).st_mtime
-                        cached = self._disk.get(path)
-                        if cached is None or cached[0] != mtime:
-                            data = read_file_bytes(Path(path))
-                            if name.encode() not in data:
-                                continue
-                            cached = (mtime, analyze(data.decode("utf-8", "replace"), path,
-                                                     None, self.read_bytes))
-                            self._disk[path] = cached
-                        elif name not in cached[1].text:
-                            continue
-                        found.append(cached[1])
-                    except (OSError, SourceUnavailable):
-                        continue
+                    cached = (mtime, analyze(data.decode("utf-8", "replace"), path, None,
+                                             self.read_bytes))
+                    self._disk[path] = cached
+                elif name not in cached[1].text:
+                    continue
+                found.append(cached[1])
+            except (OSError, SourceUnavailable):
+                continue
         return found
 
     def others(self, uri: str, name: str) -> list[Analysis]:
@@ -305,6 +322,8 @@ def build_server(version: str = "") -> QalServer:
     @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
     def watched(ls: QalServer, params: types.DidChangeWatchedFilesParams) -> None:
         changed = {file_key(ls.path_of(change.uri)) for change in params.changes}
+        if any(c.type != types.FileChangeType.Changed for c in params.changes):
+            ls._walk = None  # a .qal file was created or deleted
         for uri, analysis in list(ls.analyses.items()):
             if changed & analysis.files() and uri in ls.workspace.text_documents:
                 ls.schedule(uri, importers=False, stale=True)
