@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from pygments.token import Comment, Keyword, Name, Number, Operator, String, _TokenType
 
 from qalign_dsl.lsp.analysis import Analysis
 from qalign_dsl.lsp.convert import Lines
 from qalign_dsl.lsp.index import DIMENSION, PRINCIPLE, QUESTION, SCALE, TEMPLATE
 from qalign_dsl.lsp.lexer import QalLexer
-
-_LONE_CR = re.compile(r"(?<=\r)(?!\n)")  # the end of a line that a lone "\r" ends
 
 TOKEN_TYPES = ["namespace", "class", "enum", "interface", "property", "function", "variable",
                "keyword", "comment", "string", "number", "operator", "parameter", "type"]
@@ -54,6 +50,7 @@ def semantic_tokens(analysis: Analysis, text: str,
     lines = lines or Lines(text)
     out: list[tuple[int, int, int, str, int]] = []
     line, column = 0, 0
+    # Pygments reads "\r\n" and a lone "\r" as "\n": its lines are the protocol's lines.
     for token, value in QalLexer(stripnl=False, ensurenl=False).get_tokens(text):
         kind = _classify(token)
         pieces = value.split("\n")
@@ -62,19 +59,15 @@ def semantic_tokens(analysis: Analysis, text: str,
                 line, column = line + 1, 0
             if kind is not None and piece.strip():
                 token_type, modifiers = kind
+                at_line, at_column = lines.compiler(line, column)
                 if token_type == "variable" and modifiers == 0 and index is not None:
-                    occurrence = index.at(analysis.path, line + 1, column + 1)
+                    occurrence = index.at(analysis.path, at_line, at_column)
                     if occurrence is not None:
                         token_type = _BY_KIND[occurrence.key.kind]
                         modifiers = 1 if occurrence.definition else 0
-                at = column
-                for part in _LONE_CR.split(piece):  # a lone "\r" ends an LSP line too
-                    start = lines.to_lsp(line + 1, at + 1)
-                    end = lines.to_lsp(line + 1, at + 1 + len(part.rstrip("\r")))
-                    if part.strip():
-                        out.append((start.line, start.character,
-                                    end.character - start.character, token_type, modifiers))
-                    at += len(part)
+                start = lines.character(at_line, at_column)
+                end = lines.character(at_line, at_column + len(piece))
+                out.append((line, start, end - start, token_type, modifiers))
             column += len(piece)
     return out
 
