@@ -880,3 +880,22 @@ def test_explain_hover_carries_no_control_characters(client: Client) -> None:
     text = hover_text(client, uri, diagnostic.range.start)
     assert "QAL011" in text and "<U+001B>" in text
     assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text)
+
+
+def test_byte_order_mark_and_lone_surrogates(client: Client, tmp_path: Path) -> None:
+    """A buffer with a byte-order mark checks as the file does (`qalc check` drops it); a
+    buffer with a lone surrogate (no UTF-8 file can hold one) is QAL006, and a file that
+    imports it still gets its diagnostics (the server used to fail on encoding it)."""
+    (tmp_path / "pyproject.toml").write_text("")
+    text = (CONSTITUTIONS / "tutorial.qal").read_text()
+    path = tmp_path / "bom.qal"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert check_file(path).diagnostics == []
+    uri = client.open(path, "\ufeff" + text)
+    assert list(client.wait_diagnostics(uri)) == []
+    broken = tmp_path / "broken.qal"
+    uri = client.open(broken, text.replace("# Safety first", "# Safety \ud800 first"))
+    assert [d.code for d in client.wait_diagnostics(uri)] == ["QAL006"]
+    importer = tmp_path / "importer.qal"
+    importer_uri = client.open(importer, 'qal 1\nimport "broken.qal" (grade)\n')
+    assert {"QAL113"} <= {str(d.code) for d in client.wait_diagnostics(importer_uri)}

@@ -5,6 +5,7 @@ Pure given `read_bytes` (the server passes a reader that prefers open buffers ov
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,19 +66,26 @@ class Analysis:
         return {file_key(p) for p in self.program.files} | {file_key(self.path)}
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def analyze(text: str, path: str, version: int | None = None,
             read_bytes: ReadBytes = read_file_bytes,
             parser: IncrementalParser | None = None) -> Analysis:
-    if "\x00" in text or "\ufffd" in text:
-        # What the editor shows as text may be a binary file: report it as `qalc check` does.
-        data = text.encode("utf-8", "surrogateescape") if "\ufffd" not in text else \
-            text.replace("\ufffd", "\udcff").encode("utf-8", "surrogateescape")
+    if "\x00" in text or "\ufffd" in text or _SURROGATE.search(text):
+        # What the editor shows as text may be a binary file (or carry lone surrogates, which
+        # no UTF-8 file can): report it as `qalc check` does.
+        data = text.replace("\ufffd", "\udcff").encode("utf-8", "surrogateescape") \
+            if not _SURROGATE.search(text.replace("\ufffd", "")) else \
+            text.encode("utf-8", "surrogatepass")
         decoded, problems = decode_source(data, path)
         if decoded is None:
             program = Program(entry=None, diagnostics=problems)
             return Analysis(path, text, version, program,
                             CheckResult(None, sort_diagnostics(problems)))
-    program = load_text(text, path, read_bytes, parser or parse)
+    # `qalc check` drops a leading byte-order mark; a space keeps the buffer's columns.
+    source = " " + text[1:] if text.startswith("\ufeff") else text
+    program = load_text(source, path, read_bytes, parser or parse)
     result = check(program, default_title=Path(path).stem)
     return Analysis(path, text, version, program, result)
 

@@ -79,8 +79,8 @@ class QalServer(LanguageServer):
     def read_bytes(self, path: Path) -> bytes:
         """Files as the editor has them: an open buffer wins over the disk."""
         text = self.open_texts().get(file_key(str(path)))
-        if text is not None:
-            return text.encode("utf-8")
+        if text is not None:  # (lone surrogates become bytes that are not UTF-8: QAL006)
+            return text.encode("utf-8", "surrogatepass")
         return read_file_bytes(path)
 
     def lines_of(self, path: str) -> Lines:
