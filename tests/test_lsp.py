@@ -899,3 +899,30 @@ def test_byte_order_mark_and_lone_surrogates(client: Client, tmp_path: Path) -> 
     importer = tmp_path / "importer.qal"
     importer_uri = client.open(importer, 'qal 1\nimport "broken.qal" (grade)\n')
     assert {"QAL113"} <= {str(d.code) for d in client.wait_diagnostics(importer_uri)}
+
+
+def test_paths_that_need_quoting_in_uris(client: Client, tmp_path: Path) -> None:
+    """A folder such as `My Rubrics é #2` is quoted in URIs; pygls keys documents by the
+    unquoted URI, and the server used to check nothing in such a folder (no diagnostics, no
+    navigation). Diagnostics go back under the client's own URI."""
+    folder = tmp_path / "My Rubrics é #2"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "pyproject.toml").write_text("")
+    shutil.copy(COMMON, folder / "lib" / "common.qal")
+    text = CODING.read_text()
+    (folder / "coding.qal").write_text(text)
+    main_uri = client.open(folder / "coding.qal")
+    assert "%20" in main_uri and list(client.wait_diagnostics(main_uri)) == []
+    found = client.run(client.client.text_document_definition_async(types.DefinitionParams(
+        text_document=doc(main_uri), position=find(text, "verdict", 1, 2))))
+    assert isinstance(found, types.Location)
+    assert found.uri == uri_of(folder / "lib" / "common.qal")
+    lib_uri = client.open(folder / "lib" / "common.qal")
+    client.wait_diagnostics(lib_uri)
+    client.change(lib_uri, 2, COMMON.read_text().replace("scale verdict", "scale verdict2"))
+    client.wait_diagnostics(lib_uri, version=2)
+    for _ in range(400):
+        if any(d.code == "QAL108" for d in client.diagnostics.get(main_uri, [])):
+            break
+        client.pump(0.01)
+    assert "QAL108" in {d.code for d in client.diagnostics[main_uri]}

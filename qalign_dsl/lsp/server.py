@@ -15,6 +15,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
@@ -55,6 +56,7 @@ class QalServer(LanguageServer):
         self.parsers: dict[str, IncrementalParser] = {}  # uri -> its incremental parser
         self.published: dict[str, tuple[int | None, list[types.Diagnostic]]] = {}
         self.roots: list[str] = []
+        self.client_uris: dict[str, str] = {}  # unquoted URI -> the URI the client sent
         self.encoding = "utf-16"  # the position encoding negotiated at initialize
         self._disk: dict[str, tuple[float, Analysis]] = {}  # workspace files not open
         self._walk: tuple[float, list[str]] | None = None  # (when, the workspace's .qal files)
@@ -72,9 +74,19 @@ class QalServer(LanguageServer):
     def uri_of(path: str) -> str:
         return from_fs_path(os.path.abspath(path)) or path
 
+    # pygls keys its documents by the unquoted URI ("file:///My Rubrics/a.qal"); the server
+    # keeps the client's own spelling ("file:///My%20Rubrics/a.qal") for everything it sends
+    # back, or a client would not match the diagnostics to the file.
+    def is_open(self, uri: str) -> bool:
+        return unquote(uri) in self.workspace.text_documents
+
+    def open_documents(self) -> list[tuple[str, TextDocument]]:
+        return [(self.client_uris.get(key, key), document)
+                for key, document in self.workspace.text_documents.items()]
+
     def open_texts(self) -> dict[str, str]:
         return {file_key(self.path_of(uri)): doc.source
-                for uri, doc in self.workspace.text_documents.items()}
+                for uri, doc in self.open_documents()}
 
     def read_bytes(self, path: Path) -> bytes:
         """Files as the editor has them: an open buffer wins over the disk."""
@@ -162,7 +174,7 @@ class QalServer(LanguageServer):
     async def _run(self, uri: str, importers: bool) -> None:
         await asyncio.sleep(self.debounce_s)
         self.pending.pop(uri, None)
-        if uri not in self.workspace.text_documents:
+        if not self.is_open(uri):
             return
         try:
             analysis = self.analysis(uri)
@@ -174,17 +186,17 @@ class QalServer(LanguageServer):
             changed = file_key(analysis.path)
             for other, previous in list(self.analyses.items()):
                 if other != uri and changed in previous.files() \
-                        and other in self.workspace.text_documents:
+                        and self.is_open(other):
                     self.schedule(other, importers=False, stale=True)
 
     def publish(self) -> None:
         """Publish diagnostics per file: an open file gets its own analysis's diagnostics, a
         file that is not open the ones its importers found in it (as `qalc check` shows)."""
         by_uri: dict[str, list[types.Diagnostic]] = {}
-        open_keys = {file_key(self.path_of(u)): u for u in self.workspace.text_documents}
+        open_keys = {file_key(self.path_of(u)): u for u, _ in self.open_documents()}
         uri_of = {**{k: self.uri_of(k) for k in open_keys}, **open_keys}
         for uri, analysis in self.analyses.items():
-            if uri not in self.workspace.text_documents:
+            if not self.is_open(uri):
                 continue
             for diagnostic in analysis.diagnostics:
                 key = file_key(diagnostic.path)
@@ -237,7 +249,7 @@ class QalServer(LanguageServer):
         """Analyses of the workspace's .qal files that mention `name` (references and renames
         across files that are not open), cached by modification time."""
         found: list[Analysis] = []
-        open_keys = {file_key(self.path_of(u)) for u in self.workspace.text_documents}
+        open_keys = {file_key(self.path_of(u)) for u, _ in self.open_documents()}
         for path in self.workspace_files():
             if file_key(path) in open_keys:
                 continue
@@ -300,6 +312,7 @@ def build_server(version: str = "") -> QalServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: QalServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.client_uris[unquote(params.text_document.uri)] = params.text_document.uri
         ls.published.pop(params.text_document.uri, None)  # always publish on open
         ls.schedule(params.text_document.uri)
 
@@ -314,6 +327,7 @@ def build_server(version: str = "") -> QalServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: QalServer, params: types.DidCloseTextDocumentParams) -> None:
         uri = params.text_document.uri
+        ls.client_uris.pop(unquote(uri), None)
         ls.analyses.pop(uri, None)
         ls.good.pop(uri, None)
         ls.parsers.pop(uri, None)
@@ -325,7 +339,7 @@ def build_server(version: str = "") -> QalServer:
         if any(c.type != types.FileChangeType.Changed for c in params.changes):
             ls._walk = None  # a .qal file was created or deleted
         for uri, analysis in list(ls.analyses.items()):
-            if changed & analysis.files() and uri in ls.workspace.text_documents:
+            if changed & analysis.files() and ls.is_open(uri):
                 ls.schedule(uri, importers=False, stale=True)
 
     @server.feature(types.TEXT_DOCUMENT_HOVER)
