@@ -53,6 +53,7 @@ class QalServer(LanguageServer):
         self.good: dict[str, Analysis] = {}  # uri -> the latest analysis that parsed
         self.pending: dict[str, asyncio.Task[None]] = {}
         self.stale: set[str] = set()  # buffers whose imports changed since their analysis
+        self.notify_importers: set[str] = set()  # pending runs that re-check importers after
         self.parsers: dict[str, IncrementalParser] = {}  # uri -> its incremental parser
         self.published: dict[str, tuple[int | None, list[types.Diagnostic]]] = {}
         self.roots: list[str] = []
@@ -166,14 +167,18 @@ class QalServer(LanguageServer):
     def schedule(self, uri: str, importers: bool = True, stale: bool = False) -> None:
         if stale:
             self.stale.add(uri)
+        if importers:  # kept when this joins a pending run that was not going to
+            self.notify_importers.add(uri)
         task = self.pending.get(uri)
         if task is not None and not task.done():
             return  # the scheduled run reads the latest text: changes are coalesced
-        self.pending[uri] = asyncio.ensure_future(self._run(uri, importers))
+        self.pending[uri] = asyncio.ensure_future(self._run(uri))
 
-    async def _run(self, uri: str, importers: bool) -> None:
+    async def _run(self, uri: str) -> None:
         await asyncio.sleep(self.debounce_s)
         self.pending.pop(uri, None)
+        importers = uri in self.notify_importers
+        self.notify_importers.discard(uri)
         if not self.is_open(uri):
             return
         try:
