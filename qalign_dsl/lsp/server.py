@@ -250,9 +250,12 @@ class QalServer(LanguageServer):
         self._walk = (time.monotonic(), paths[:MAX_WORKSPACE_FILES])
         return self._walk[1]
 
-    def workspace_analyses(self, name: str) -> list[Analysis]:
+    def workspace_analyses(self, name: str, program: set[str] | frozenset[str] = frozenset()
+                           ) -> list[Analysis]:
         """Analyses of the workspace's .qal files that mention `name` (references and renames
-        across files that are not open), cached by modification time."""
+        across files that are not open), cached by modification time. Only names imported
+        cross files: a file with no `import` matters only if it is one of `program`'s (the
+        keys of the files the asking buffer's program read)."""
         found: list[Analysis] = []
         open_keys = {file_key(self.path_of(u)) for u, _ in self.open_documents()}
         for path in self.workspace_files():
@@ -263,12 +266,14 @@ class QalServer(LanguageServer):
                 cached = self._disk.get(path)
                 if cached is None or cached[0] != mtime:
                     data = read_file_bytes(Path(path))
-                    if name.encode() not in data:
+                    if name.encode() not in data or \
+                            (b"import" not in data and file_key(path) not in program):
                         continue
                     cached = (mtime, analyze(data.decode("utf-8", "replace"), path, None,
                                              self.read_bytes))
                     self._disk[path] = cached
-                elif name not in cached[1].text:
+                elif name not in cached[1].text or \
+                        ("import" not in cached[1].text and file_key(path) not in program):
                     continue
                 found.append(cached[1])
             except (OSError, SourceUnavailable):
@@ -276,7 +281,10 @@ class QalServer(LanguageServer):
         return found
 
     def others(self, uri: str, name: str) -> list[Analysis]:
-        return [a for u, a in self.analyses.items() if u != uri] + self.workspace_analyses(name)
+        asking = self.analyses.get(uri)
+        program = asking.files() if asking is not None else set()
+        return [a for u, a in self.analyses.items() if u != uri] + \
+            self.workspace_analyses(name, program)
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         logger.error("%s", error)
