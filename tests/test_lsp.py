@@ -926,3 +926,20 @@ def test_paths_that_need_quoting_in_uris(client: Client, tmp_path: Path) -> None
             break
         client.pump(0.01)
     assert "QAL108" in {d.code for d in client.diagnostics[main_uri]}
+
+
+def test_crlf_buffer_formats_and_compiles_as_lf(client: Client, tmp_path: Path) -> None:
+    """A file saved with CRLF line ends (Windows, git autocrlf) is the same constitution:
+    its `\"\"\"…\"\"\"` texts kept every CR (the formatter wrote them back as `\\r` escapes,
+    and the judge prompts, hence the IR, differed from the LF file's)."""
+    from qalign_dsl.lang.compiler import compile_text
+
+    text = (CONSTITUTIONS / "tutorial.qal").read_text()
+    crlf = text.replace("\n", "\r\n")
+    assert compile_text(crlf, "t.qal").document == compile_text(text, "t.qal").document
+    uri = client.open(tmp_path / "crlf.qal", crlf)
+    assert list(client.wait_diagnostics(uri)) == []
+    edits = client.run(client.client.text_document_formatting_async(
+        types.DocumentFormattingParams(text_document=doc(uri), options=types.FormattingOptions(
+            tab_size=2, insert_spaces=True))))
+    assert edits and len(edits) == 1 and edits[0].new_text == text
