@@ -943,3 +943,26 @@ def test_crlf_buffer_formats_and_compiles_as_lf(client: Client, tmp_path: Path) 
         types.DocumentFormattingParams(text_document=doc(uri), options=types.FormattingOptions(
             tab_size=2, insert_spaces=True))))
     assert edits and len(edits) == 1 and edits[0].new_text == text
+
+
+def test_replacement_character_is_text_unless_the_file_is_not_utf8(client: Client,
+                                                                   tmp_path: Path) -> None:
+    """U+FFFD typed in a comment is text (`qalc check` of the saved file agrees); a buffer
+    that is an undecodable file as the editor showed it is QAL006, as `qalc check` says.
+    The server used to call every buffer with U+FFFD binary. A buffer over the size limit
+    is QAL007, as the file would be."""
+    text = (CONSTITUTIONS / "tutorial.qal").read_text().replace("# Safety first",
+                                                                "# Safety \ufffd first")
+    path = tmp_path / "fffd.qal"
+    path.write_text(text, encoding="utf-8")
+    assert check_file(path).diagnostics == []
+    assert list(client.wait_diagnostics(client.open(path))) == []
+    raw = tmp_path / "latin1.qal"
+    raw.write_bytes(text.replace("\ufffd", "").encode().replace(b"Safety", b"S\xe9curit\xe9"))
+    expected = [(d.code, d.span.line - 1) for d in check_file(raw).diagnostics]
+    uri = client.open(raw, raw.read_bytes().decode("utf-8", "replace"))
+    assert [(d.code, d.range.start.line) for d in client.wait_diagnostics(uri)] == expected
+    assert expected[0][0] == "QAL006"
+    big = "qal 1\n" + "# " + "x" * (4 * 1024 * 1024) + "\n"
+    uri = client.open(tmp_path / "big.qal", big)
+    assert [d.code for d in client.wait_diagnostics(uri)] == ["QAL007"]

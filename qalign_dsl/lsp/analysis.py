@@ -13,8 +13,14 @@ from qalign_dsl.lang import model
 from qalign_dsl.lang.check import CheckResult, check
 from qalign_dsl.lang.diagnostics import Diagnostic, sort_diagnostics
 from qalign_dsl.lang.lower import lower_pooling
-from qalign_dsl.lang.modules import Program, ReadBytes, load_text, read_file_bytes
-from qalign_dsl.lang.parser import decode_source, parse
+from qalign_dsl.lang.modules import (
+    Program,
+    ReadBytes,
+    SourceUnavailable,
+    load_text,
+    read_file_bytes,
+)
+from qalign_dsl.lang.parser import MAX_SOURCE_BYTES, decode_source, parse
 from qalign_dsl.lsp.incremental import IncrementalParser
 from qalign_dsl.lsp.index import Index, build_index, file_key
 
@@ -72,22 +78,37 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def analyze(text: str, path: str, version: int | None = None,
             read_bytes: ReadBytes = read_file_bytes,
             parser: IncrementalParser | None = None) -> Analysis:
-    if "\x00" in text or "\ufffd" in text or _SURROGATE.search(text):
-        # What the editor shows as text may be a binary file (or carry lone surrogates, which
-        # no UTF-8 file can): report it as `qalc check` does.
-        data = text.replace("\ufffd", "\udcff").encode("utf-8", "surrogateescape") \
-            if not _SURROGATE.search(text.replace("\ufffd", "")) else \
-            text.encode("utf-8", "surrogatepass")
-        decoded, problems = decode_source(data, path)
-        if decoded is None:
-            program = Program(entry=None, diagnostics=problems)
-            return Analysis(path, text, version, program,
-                            CheckResult(None, sort_diagnostics(problems)))
+    problems = _not_text(text, path)
+    if problems:
+        program = Program(entry=None, diagnostics=problems)
+        return Analysis(path, text, version, program, CheckResult(None, problems))
     # `qalc check` drops a leading byte-order mark; a space keeps the buffer's columns.
     source = " " + text[1:] if text.startswith("\ufeff") else text
     program = load_text(source, path, read_bytes, parser or parse)
     result = check(program, default_title=Path(path).stem)
     return Analysis(path, text, version, program, result)
+
+
+def _not_text(text: str, path: str) -> list[Diagnostic]:
+    """What `qalc check` says of a file that is not text (QAL006, QAL007), for a buffer:
+    one with a NUL, with lone surrogates (no UTF-8 file holds one) or too large; and one
+    with U+FFFD that is the file on disk as the editor decoded it (undecodable bytes)."""
+    data: bytes | None = None
+    if "\x00" in text or _SURROGATE.search(text) or (
+            len(text) * 4 > MAX_SOURCE_BYTES
+            and len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES):
+        data = text.encode("utf-8", "surrogatepass")
+    elif "\ufffd" in text:
+        try:
+            disk = read_file_bytes(Path(path))
+        except SourceUnavailable:
+            disk = b""
+        if disk.decode("utf-8", "replace") == text:
+            data = disk
+    if data is None:
+        return []
+    decoded, problems = decode_source(data, path)
+    return sort_diagnostics(problems) if decoded is None else []
 
 
 def pooling_consumers(
