@@ -966,3 +966,42 @@ def test_replacement_character_is_text_unless_the_file_is_not_utf8(client: Clien
     big = "qal 1\n" + "# " + "x" * (4 * 1024 * 1024) + "\n"
     uri = client.open(tmp_path / "big.qal", big)
     assert [d.code for d in client.wait_diagnostics(uri)] == ["QAL007"]
+
+
+def test_refused_renames_log_no_tracebacks(tmp_path: Path) -> None:
+    """A refused prepareRename/rename is an answer with a reason, not a server fault: the
+    server's stderr (the editor's log) gets no traceback, and every request is answered."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def message(body: dict[str, object]) -> bytes:
+        data = json.dumps(body).encode()
+        return b"Content-Length: %d\r\n\r\n" % len(data) + data
+
+    uri = uri_of(tmp_path / "t.qal")
+    text = (CONSTITUTIONS / "tutorial.qal").read_text()
+    where = find(text, "scale grade", 0, 7)
+    requests = [
+        {"id": 1, "method": "initialize", "params": {"capabilities": {}, "processId": None,
+                                                     "rootUri": None}},
+        {"method": "initialized", "params": {}},
+        {"method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": uri, "languageId": "qal", "version": 1, "text": text}}},
+        *({"id": 10 + i, "method": "textDocument/prepareRename", "params": {
+            "textDocument": {"uri": uri}, "position": {"line": 0, "character": i}}}
+          for i in range(20)),
+        {"id": 40, "method": "textDocument/rename", "params": {
+            "textDocument": {"uri": uri}, "newName": "verdict",
+            "position": {"line": where.line, "character": where.character}}},
+        {"id": 41, "method": "shutdown", "params": None},
+        {"method": "exit", "params": None},
+    ]
+    payload = b"".join(message({"jsonrpc": "2.0", **r}) for r in requests)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "qalign_dsl", "lsp"], input=payload,
+                          capture_output=True, timeout=120, env=env)
+    assert b"Traceback" not in done.stderr, done.stderr.decode()[:2000]
+    answered = done.stdout.count(b'"id": ') + done.stdout.count(b'"id":')
+    assert answered >= 23 and b"already visible" in done.stdout

@@ -287,7 +287,10 @@ class QalServer(LanguageServer):
             self.workspace_analyses(name, program)
 
     def report_server_error(self, error: Exception, source: Any) -> None:
-        logger.error("%s", error)
+        if isinstance(error, JsonRpcException) and error.code == REQUEST_FAILED:
+            logger.info("request refused: %s", error)  # a reason shown to the user
+        else:
+            logger.error("%s", error)
 
 
 def build_server(version: str = "") -> QalServer:
@@ -581,6 +584,18 @@ def _text_document_factory(workspace: Workspace) -> Any:
     return create
 
 
+class _QuietRefusals(logging.Filter):
+    """pygls logs every error response with a traceback; a refused rename ("nothing to
+    rename here", a collision) is an answer, not a server fault: without this, each F2 on
+    a keyword wrote a traceback to the client's log (and a client that never reads the
+    server's stderr would eventually block it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, JsonRpcException) and error.code == REQUEST_FAILED)
+
+
 def serve(version: str = "") -> None:
+    logging.getLogger("pygls.protocol.json_rpc").addFilter(_QuietRefusals())
     server = build_server(version)
     server.start_io()
