@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class Client:
     """`qalc lsp` in a subprocess, and the diagnostics it has published, per URI."""
 
-    def __init__(self, root: Path = ROOT, debounce_ms: float | None = None) -> None:
+    def __init__(self, root: Path = ROOT, debounce_ms: float | None = None,
+                 capabilities: types.ClientCapabilities | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.client = LanguageClient("qalc-tests", "1")
         self.diagnostics: dict[str, list[types.Diagnostic]] = {}
@@ -49,7 +50,8 @@ class Client:
         if debounce_ms is not None:
             options["debounceMs"] = debounce_ms
         self.init = self.run(self.client.initialize_async(types.InitializeParams(
-            capabilities=types.ClientCapabilities(), root_uri=from_fs_path(str(root)),
+            capabilities=capabilities or types.ClientCapabilities(),
+            root_uri=from_fs_path(str(root)),
             workspace_folders=[types.WorkspaceFolder(uri=from_fs_path(str(root)) or "",
                                                      name="root")],
             initialization_options=options)))

@@ -14,7 +14,7 @@ pytest.importorskip("pygls")
 from lsp_client import ROOT, Client, doc, find, pos  # noqa: E402
 from lsprotocol import types  # noqa: E402
 
-from qalign_dsl.lang.compiler import check_file  # noqa: E402
+from qalign_dsl.lang.compiler import check_file, check_text  # noqa: E402
 from qalign_dsl.lang.fmt import format_module  # noqa: E402
 from qalign_dsl.lang.parser import parse  # noqa: E402
 from qalign_dsl.lsp.tokens import TOKEN_TYPES  # noqa: E402
@@ -86,6 +86,21 @@ def _check_view(path: Path) -> list[tuple[str, int, int, int, int, str]]:
             for d in result.diagnostics if Path(d.path).resolve() == path.resolve()]
 
 
+def _check_related(path: Path) -> list[tuple[str, int, tuple[tuple[str, int, int, int, int,
+                                                               str], ...]]]:
+    out = []
+    for d in check_file(path).diagnostics:
+        if Path(d.path).resolve() != path.resolve():
+            continue
+        labels = []
+        for label in d.related:
+            span = label.span
+            labels.append((uri_of(Path(label.path)), span.line - 1, span.column - 1,
+                           span.end_line - 1, span.end_column - 1, label.message))
+        out.append((d.code, d.span.line - 1, tuple(labels)))
+    return out
+
+
 @pytest.mark.parametrize("source", sorted(DIAGNOSTICS.glob("*.qal")),
                          ids=lambda p: p.stem)
 def test_diagnostics_match_qalc_check(client: Client, source: Path) -> None:
@@ -95,6 +110,12 @@ def test_diagnostics_match_qalc_check(client: Client, source: Path) -> None:
     got = sorted((str(d.code), d.range.start.line, d.range.start.character, d.range.end.line,
                   d.range.end.character, d.message) for d in published)
     assert got == sorted(_check_view(source))
+    # The secondary locations too (a duplicate's first definition, in any file).
+    related = sorted((str(d.code), d.range.start.line, tuple(
+        (r.location.uri, r.location.range.start.line, r.location.range.start.character,
+         r.location.range.end.line, r.location.range.end.character, r.message)
+        for r in d.related_information or ())) for d in published)
+    assert related == sorted(_check_related(source))
 
 
 def test_related_location_on_duplicates(client: Client) -> None:
@@ -652,3 +673,335 @@ def test_positions_are_utf16(client: Client, tmp_path: Path) -> None:
         text_document=doc(uri), position=pos(line, character + 1))))
     assert hover is not None and hover.range is not None
     assert (hover.range.start.character, hover.range.end.character) == (character, character + 4)
+
+
+def test_positions_follow_the_negotiated_utf8_encoding(tmp_path: Path) -> None:
+    """Neovim offers UTF-8 first; pygls then negotiates UTF-8, and every position the server
+    reads or writes must count UTF-8 bytes (it counted UTF-16 units regardless)."""
+    text = (CONSTITUTIONS / "tutorial.qal").read_text().replace(
+        '"Is the response easy to read and understand?"',
+        '"Is the réponse 😀 easy to read and understand?" as easy', 1)
+    path = tmp_path / "tutorial.qal"
+    path.write_text(text, encoding="utf-8")
+    client = Client(root=tmp_path, capabilities=types.ClientCapabilities(
+        general=types.GeneralClientCapabilities(position_encodings=[
+            types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16])))
+    try:
+        assert client.init.capabilities.position_encoding == types.PositionEncodingKind.Utf8
+        uri = client.open(path)
+        assert list(client.wait_diagnostics(uri)) == []
+        line_text = next(line for line in text.split("\n") if "😀" in line)
+        line = text.split("\n").index(line_text)
+        character = len(line_text[:line_text.index("as easy") + 3].encode("utf-8"))
+        hover = client.run(client.client.text_document_hover_async(types.HoverParams(
+            text_document=doc(uri), position=pos(line, character + 1))))
+        assert hover is not None and hover.range is not None
+        assert (hover.range.start.character, hover.range.end.character) == (character,
+                                                                             character + 4)
+        # An edit in UTF-8 units after the emoji lands where the client meant it.
+        client.change(uri, 2, "x", types.Range(start=pos(line, character + 4),
+                                               end=pos(line, character + 4)))
+        diagnostics = client.wait_diagnostics(uri, version=2)
+        expected = check_text(text.replace("as easy", "as easyx", 1), str(path))
+        assert [d.code for d in diagnostics] == [d.code for d in expected.diagnostics]
+        assert {d.range.start.line for d in diagnostics} == \
+            {d.span.line - 1 for d in expected.diagnostics}
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029"])
+def test_incremental_edits_after_unicode_line_separators(client: Client, tmp_path: Path,
+                                                         separator: str) -> None:
+    """Only \\n, \\r\\n and \\r end a line in the protocol; pygls' `splitlines` also broke at
+    U+2028, U+2029 (and controls), so an edit below one landed a line too high."""
+    text = (CONSTITUTIONS / "tutorial.qal").read_text()
+    text = text.replace("\n", f"\n# a{separator}b\n", 1)
+    path = tmp_path / "sep.qal"
+    uri = client.open(path, text)
+    client.wait_diagnostics(uri)
+    lines = text.split("\n")
+    target = next(i for i, line in enumerate(lines) if line.startswith("constitution"))
+    client.change(uri, 2, "zzz ", types.Range(start=pos(target, 0), end=pos(target, 0)))
+    lines[target] = "zzz " + lines[target]
+    edited = "\n".join(lines)
+    got = {(d.code, d.range.start.line) for d in client.wait_diagnostics(uri, version=2)}
+    assert got == {(d.code, d.span.line - 1) for d in check_text(edited, str(path)).diagnostics}
+    # Undo through the protocol: the buffer is the original text again.
+    client.change(uri, 3, "", types.Range(start=pos(target, 0), end=pos(target, 4)))
+    got = {(d.code, d.range.start.line) for d in client.wait_diagnostics(uri, version=3)}
+    assert got == {(d.code, d.span.line - 1) for d in check_text(text, str(path)).diagnostics}
+
+
+def test_a_lone_carriage_return_ends_a_line(client: Client, tmp_path: Path) -> None:
+    """An old-Mac line break: the protocol counts it as a line, the compiler does not; the
+    server's ranges, folds and edits follow the protocol."""
+    text = (CONSTITUTIONS / "tutorial.qal").read_text()
+    text = text.replace("\n", "\n# one\rtwo\n", 1)
+    path = tmp_path / "cr.qal"
+    uri = client.open(path, text)
+    assert list(client.wait_diagnostics(uri)) == []
+    protocol_lines = text.replace("\r", "\n").split("\n")
+    target = next(i for i, line in enumerate(protocol_lines) if line.startswith("constitution"))
+    client.change(uri, 2, "zzz ", types.Range(start=pos(target, 0), end=pos(target, 0)))
+    found = client.wait_diagnostics(uri, version=2)
+    assert found and found[0].range.start == pos(target, 0)
+    folds = client.run(client.client.text_document_folding_range_async(
+        types.FoldingRangeParams(text_document=doc(uri))))
+    assert folds is not None
+    starts = {f.start_line for f in folds}
+    block = next(i for i, line in enumerate(protocol_lines) if line.startswith("principle"))
+    assert block in starts
+
+
+def test_random_keystrokes_agree_with_a_fresh_check(tmp_path: Path) -> None:
+    """Property-style: random insertions and deletions (characters, tokens, a non-BMP
+    character, CRLF, U+2028) sent as incremental changes, several per notification, on
+    qalign.qal with CRLF line endings: the server keeps answering, and after every edit its
+    diagnostics are those of a fresh `qalc check` of the same text."""
+    import random
+    import re
+
+    rng = random.Random(17)
+    text = QALIGN.read_text().replace("\n", "\r\n")
+    path = tmp_path / "qalign.qal"
+    breaks = re.compile(r"\r\n|\r|\n")
+
+    def position(at: int) -> types.Position:
+        line, start = 0, 0
+        for match in breaks.finditer(text):
+            if match.end() > at:
+                break
+            line, start = line + 1, match.end()
+        return pos(line, len(text[start:at].encode("utf-16-le")) // 2)
+
+    def expected() -> list[tuple[str, types.Position, types.Position, str]]:
+        from qalign_dsl.lsp.convert import Lines
+
+        lines = Lines(text)
+        return sorted((d.code, *(lambda r: (r.start, r.end))(lines.range(d.span)),
+                       d.message + (f"\nhelp: {d.help}" if d.help else ""))
+                      for d in check_text(text, str(path)).diagnostics)
+
+    pieces = [*"abz_09{}()=\". #\n", "😀", "é", "\r\n", "\u2028", "scale", "pool", "dimension",
+              "graded", "min(", "}", '"""']
+    client = Client(root=tmp_path)
+    try:
+        uri = client.open(path, text)
+        client.wait_diagnostics(uri)
+        for version in range(2, 42):
+            changes: list[types.TextDocumentContentChangeEvent] = []
+            for _ in range(rng.choice([1, 1, 2, 3])):
+                at = rng.randrange(len(text) + 1)
+                while 0 < at < len(text) and text[at - 1:at + 1] == "\r\n":
+                    at -= 1  # never between \r and \n: no protocol position is there
+                end = at if rng.random() < 0.6 else min(len(text), at + rng.randint(1, 8))
+                while 0 < end < len(text) and text[end - 1:end + 1] == "\r\n":
+                    end += 1
+                insert = rng.choice(pieces) if end == at else ""
+                changes.append(types.TextDocumentContentChangePartial(
+                    range=types.Range(start=position(at), end=position(end)), text=insert))
+                text = text[:at] + insert + text[end:]
+            client.expected[uri] = version
+            client.client.text_document_did_change(types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                content_changes=changes))
+            if version % 4 == 0:
+                where = position(rng.randrange(len(text) + 1))
+                client.run(client.client.text_document_hover_async(types.HoverParams(
+                    text_document=doc(uri), position=where)), timeout=5)
+                client.run(client.client.text_document_completion_async(
+                    types.CompletionParams(text_document=doc(uri), position=where)), timeout=5)
+                client.run(client.client.text_document_semantic_tokens_full_async(
+                    types.SemanticTokensParams(text_document=doc(uri))), timeout=5)
+            published = client.wait_diagnostics(uri, version=version, timeout=10)
+            got = sorted((str(d.code), d.range.start, d.range.end, d.message)
+                         for d in published)
+            assert got == expected(), (version, changes)
+    finally:
+        client.close()
+
+
+def test_file_watching_is_registered_with_clients_that_allow_it(tmp_path: Path) -> None:
+    registered: list[types.Registration] = []
+    client = Client(root=tmp_path, capabilities=types.ClientCapabilities(
+        workspace=types.WorkspaceClientCapabilities(
+            did_change_watched_files=types.DidChangeWatchedFilesClientCapabilities(
+                dynamic_registration=True))))
+
+    @client.client.feature(types.CLIENT_REGISTER_CAPABILITY)
+    def on_register(params: types.RegistrationParams) -> None:
+        registered.extend(params.registrations)
+
+    try:
+        path = tmp_path / "t.qal"
+        path.write_text((CONSTITUTIONS / "tutorial.qal").read_text())
+        client.wait_diagnostics(client.open(path))
+        for _ in range(200):
+            if registered:
+                break
+            client.pump(0.01)
+        assert [r.method for r in registered] == [types.WORKSPACE_DID_CHANGE_WATCHED_FILES]
+    finally:
+        client.close()
+
+
+def test_completion_after_a_finished_pooling_line_offers_statements(client: Client,
+                                                                    tmp_path: Path) -> None:
+    """A new line after a whole `pool … = …` or `reward = …` starts the next statement
+    (keywords), not more of the expression; an open bracket or operator continues it."""
+    text = (CONSTITUTIONS / "tutorial.qal").read_text()
+    path = tmp_path / "t.qal"
+    uri = client.open(path, text)
+    client.wait_diagnostics(uri)
+    cases = [
+        (text.replace("min(graded)\n", "min(graded)\n  po"), "min(graded)\n  po", 16,
+         {"pool", "scale", "template"}, "mean"),
+        (text + "\n", "mean(principles))\n", 18, {"revision_reward", "output"}, "mean"),
+        (text.replace("min(graded)\n", "min(graded) +\n    "), "+\n    ", 6, {"mean"},
+         "pool"),
+        (text.replace("min(graded)\n", "min(graded,\n    "), "graded,\n    ", 12, {"gates"},
+         "pool"),
+    ]
+    for version, (edited, needle, offset, wanted, unwanted) in enumerate(cases, start=2):
+        client.change(uri, version, edited)
+        client.wait_diagnostics(uri, version=version)
+        labels = set(_complete(client, uri, find(edited, needle, 0, offset)))
+        assert wanted <= labels and unwanted not in labels, (needle, labels)
+
+
+def test_explain_hover_carries_no_control_characters(client: Client) -> None:
+    """QAL011's example is a terminal escape: the hover (and `qalc explain`) shows it as
+    <U+001B>, never the raw bytes that would retitle a terminal or confuse a renderer."""
+    import re
+
+    uri = client.open(DIAGNOSTICS / "QAL011_control_character.qal")
+    diagnostic = client.wait_diagnostics(uri)[0]
+    text = hover_text(client, uri, diagnostic.range.start)
+    assert "QAL011" in text and "<U+001B>" in text
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text)
+
+
+def test_byte_order_mark_and_lone_surrogates(client: Client, tmp_path: Path) -> None:
+    """A buffer with a byte-order mark checks as the file does (`qalc check` drops it); a
+    buffer with a lone surrogate (no UTF-8 file can hold one) is QAL006, and a file that
+    imports it still gets its diagnostics (the server used to fail on encoding it)."""
+    (tmp_path / "pyproject.toml").write_text("")
+    text = (CONSTITUTIONS / "tutorial.qal").read_text()
+    path = tmp_path / "bom.qal"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert check_file(path).diagnostics == []
+    uri = client.open(path, "\ufeff" + text)
+    assert list(client.wait_diagnostics(uri)) == []
+    broken = tmp_path / "broken.qal"
+    uri = client.open(broken, text.replace("# Safety first", "# Safety \ud800 first"))
+    assert [d.code for d in client.wait_diagnostics(uri)] == ["QAL006"]
+    importer = tmp_path / "importer.qal"
+    importer_uri = client.open(importer, 'qal 1\nimport "broken.qal" (grade)\n')
+    assert {"QAL113"} <= {str(d.code) for d in client.wait_diagnostics(importer_uri)}
+
+
+def test_paths_that_need_quoting_in_uris(client: Client, tmp_path: Path) -> None:
+    """A folder such as `My Rubrics é #2` is quoted in URIs; pygls keys documents by the
+    unquoted URI, and the server used to check nothing in such a folder (no diagnostics, no
+    navigation). Diagnostics go back under the client's own URI."""
+    folder = tmp_path / "My Rubrics é #2"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "pyproject.toml").write_text("")
+    shutil.copy(COMMON, folder / "lib" / "common.qal")
+    text = CODING.read_text()
+    (folder / "coding.qal").write_text(text)
+    main_uri = client.open(folder / "coding.qal")
+    assert "%20" in main_uri and list(client.wait_diagnostics(main_uri)) == []
+    found = client.run(client.client.text_document_definition_async(types.DefinitionParams(
+        text_document=doc(main_uri), position=find(text, "verdict", 1, 2))))
+    assert isinstance(found, types.Location)
+    assert found.uri == uri_of(folder / "lib" / "common.qal")
+    lib_uri = client.open(folder / "lib" / "common.qal")
+    client.wait_diagnostics(lib_uri)
+    client.change(lib_uri, 2, COMMON.read_text().replace("scale verdict", "scale verdict2"))
+    client.wait_diagnostics(lib_uri, version=2)
+    for _ in range(400):
+        if any(d.code == "QAL108" for d in client.diagnostics.get(main_uri, [])):
+            break
+        client.pump(0.01)
+    assert "QAL108" in {d.code for d in client.diagnostics[main_uri]}
+
+
+def test_crlf_buffer_formats_and_compiles_as_lf(client: Client, tmp_path: Path) -> None:
+    """A file saved with CRLF line ends (Windows, git autocrlf) is the same constitution:
+    its `\"\"\"…\"\"\"` texts kept every CR (the formatter wrote them back as `\\r` escapes,
+    and the judge prompts, hence the IR, differed from the LF file's)."""
+    from qalign_dsl.lang.compiler import compile_text
+
+    text = (CONSTITUTIONS / "tutorial.qal").read_text()
+    crlf = text.replace("\n", "\r\n")
+    assert compile_text(crlf, "t.qal").document == compile_text(text, "t.qal").document
+    uri = client.open(tmp_path / "crlf.qal", crlf)
+    assert list(client.wait_diagnostics(uri)) == []
+    edits = client.run(client.client.text_document_formatting_async(
+        types.DocumentFormattingParams(text_document=doc(uri), options=types.FormattingOptions(
+            tab_size=2, insert_spaces=True))))
+    assert edits and len(edits) == 1 and edits[0].new_text == text
+
+
+def test_replacement_character_is_text_unless_the_file_is_not_utf8(client: Client,
+                                                                   tmp_path: Path) -> None:
+    """U+FFFD typed in a comment is text (`qalc check` of the saved file agrees); a buffer
+    that is an undecodable file as the editor showed it is QAL006, as `qalc check` says.
+    The server used to call every buffer with U+FFFD binary. A buffer over the size limit
+    is QAL007, as the file would be."""
+    text = (CONSTITUTIONS / "tutorial.qal").read_text().replace("# Safety first",
+                                                                "# Safety \ufffd first")
+    path = tmp_path / "fffd.qal"
+    path.write_text(text, encoding="utf-8")
+    assert check_file(path).diagnostics == []
+    assert list(client.wait_diagnostics(client.open(path))) == []
+    raw = tmp_path / "latin1.qal"
+    raw.write_bytes(text.replace("\ufffd", "").encode().replace(b"Safety", b"S\xe9curit\xe9"))
+    expected = [(d.code, d.span.line - 1) for d in check_file(raw).diagnostics]
+    uri = client.open(raw, raw.read_bytes().decode("utf-8", "replace"))
+    assert [(d.code, d.range.start.line) for d in client.wait_diagnostics(uri)] == expected
+    assert expected[0][0] == "QAL006"
+    big = "qal 1\n" + "# " + "x" * (4 * 1024 * 1024) + "\n"
+    uri = client.open(tmp_path / "big.qal", big)
+    assert [d.code for d in client.wait_diagnostics(uri)] == ["QAL007"]
+
+
+def test_refused_renames_log_no_tracebacks(tmp_path: Path) -> None:
+    """A refused prepareRename/rename is an answer with a reason, not a server fault: the
+    server's stderr (the editor's log) gets no traceback, and every request is answered."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def message(body: dict[str, object]) -> bytes:
+        data = json.dumps(body).encode()
+        return b"Content-Length: %d\r\n\r\n" % len(data) + data
+
+    uri = uri_of(tmp_path / "t.qal")
+    text = (CONSTITUTIONS / "tutorial.qal").read_text()
+    where = find(text, "scale grade", 0, 7)
+    requests = [
+        {"id": 1, "method": "initialize", "params": {"capabilities": {}, "processId": None,
+                                                     "rootUri": None}},
+        {"method": "initialized", "params": {}},
+        {"method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": uri, "languageId": "qal", "version": 1, "text": text}}},
+        *({"id": 10 + i, "method": "textDocument/prepareRename", "params": {
+            "textDocument": {"uri": uri}, "position": {"line": 0, "character": i}}}
+          for i in range(20)),
+        {"id": 40, "method": "textDocument/rename", "params": {
+            "textDocument": {"uri": uri}, "newName": "verdict",
+            "position": {"line": where.line, "character": where.character}}},
+        {"id": 41, "method": "shutdown", "params": None},
+        {"method": "exit", "params": None},
+    ]
+    payload = b"".join(message({"jsonrpc": "2.0", **r}) for r in requests)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "qalign_dsl", "lsp"], input=payload,
+                          capture_output=True, timeout=120, env=env)
+    assert b"Traceback" not in done.stderr, done.stderr.decode()[:2000]
+    answered = done.stdout.count(b'"id": ') + done.stdout.count(b'"id":')
+    assert answered >= 23 and b"already visible" in done.stdout

@@ -6,6 +6,7 @@ renders the explanation, a failing example and the fix.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from qalign_dsl.lang.diagnostics import Diagnostic, Label, Severity, Span
@@ -294,4 +295,9 @@ def explain(code: str) -> str | None:
 
 
 def _indent(text: str) -> str:
+    # Shown as <U+001B>: QAL011's own example must not set the terminal's title when printed.
+    text = _CONTROL.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
     return "\n".join("    " + line for line in text.split("\n"))
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")

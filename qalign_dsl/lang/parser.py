@@ -723,7 +723,8 @@ def _unescape(body: str, token: Token) -> str:
 def text_of(token: Token) -> nodes.Text:
     raw = str(token)
     if raw.startswith('"""'):
-        body = raw[3:-3]
+        # A file saved with CRLF line ends means the same text (write `\r` for a real CR).
+        body = raw[3:-3].replace("\r\n", "\n")
         if body.startswith("\n"):
             body = body[1:]
         return nodes.Text(_unescape(body, token), True, _token_span(token))

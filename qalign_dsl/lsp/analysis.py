@@ -5,6 +5,7 @@ Pure given `read_bytes` (the server passes a reader that prefers open buffers ov
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,14 @@ from qalign_dsl.lang import model
 from qalign_dsl.lang.check import CheckResult, check
 from qalign_dsl.lang.diagnostics import Diagnostic, sort_diagnostics
 from qalign_dsl.lang.lower import lower_pooling
-from qalign_dsl.lang.modules import Program, ReadBytes, load_text, read_file_bytes
-from qalign_dsl.lang.parser import decode_source, parse
+from qalign_dsl.lang.modules import (
+    Program,
+    ReadBytes,
+    SourceUnavailable,
+    load_text,
+    read_file_bytes,
+)
+from qalign_dsl.lang.parser import MAX_SOURCE_BYTES, decode_source, parse
 from qalign_dsl.lsp.incremental import IncrementalParser
 from qalign_dsl.lsp.index import Index, build_index, file_key
 
@@ -65,21 +72,43 @@ class Analysis:
         return {file_key(p) for p in self.program.files} | {file_key(self.path)}
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def analyze(text: str, path: str, version: int | None = None,
             read_bytes: ReadBytes = read_file_bytes,
             parser: IncrementalParser | None = None) -> Analysis:
-    if "\x00" in text or "\ufffd" in text:
-        # What the editor shows as text may be a binary file: report it as `qalc check` does.
-        data = text.encode("utf-8", "surrogateescape") if "\ufffd" not in text else \
-            text.replace("\ufffd", "\udcff").encode("utf-8", "surrogateescape")
-        decoded, problems = decode_source(data, path)
-        if decoded is None:
-            program = Program(entry=None, diagnostics=problems)
-            return Analysis(path, text, version, program,
-                            CheckResult(None, sort_diagnostics(problems)))
-    program = load_text(text, path, read_bytes, parser or parse)
+    problems = _not_text(text, path)
+    if problems:
+        program = Program(entry=None, diagnostics=problems)
+        return Analysis(path, text, version, program, CheckResult(None, problems))
+    # `qalc check` drops a leading byte-order mark; a space keeps the buffer's columns.
+    source = " " + text[1:] if text.startswith("\ufeff") else text
+    program = load_text(source, path, read_bytes, parser or parse)
     result = check(program, default_title=Path(path).stem)
     return Analysis(path, text, version, program, result)
+
+
+def _not_text(text: str, path: str) -> list[Diagnostic]:
+    """What `qalc check` says of a file that is not text (QAL006, QAL007), for a buffer:
+    one with a NUL, with lone surrogates (no UTF-8 file holds one) or too large; and one
+    with U+FFFD that is the file on disk as the editor decoded it (undecodable bytes)."""
+    data: bytes | None = None
+    if "\x00" in text or _SURROGATE.search(text) or (
+            len(text) * 4 > MAX_SOURCE_BYTES
+            and len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES):
+        data = text.encode("utf-8", "surrogatepass")
+    elif "\ufffd" in text:
+        try:
+            disk = read_file_bytes(Path(path))
+        except SourceUnavailable:
+            disk = b""
+        if disk.decode("utf-8", "replace") == text:
+            data = disk
+    if data is None:
+        return []
+    decoded, problems = decode_source(data, path)
+    return sort_diagnostics(problems) if decoded is None else []
 
 
 def pooling_consumers(

@@ -85,6 +85,8 @@ def complete(text: str, offset: int, analysis: Analysis | None, line: int) -> li
         return _names(analysis, TEMPLATE)
     dotted = _DOTTED.search(prefix)
     level = _expression_level(tokens)
+    if level is not None and _finished(tokens, current_line, partial):
+        level = None  # a new line after a whole expression starts the next statement
     if level is not None:
         if dotted is not None and last == ".":
             return _questions(analysis, dotted.group(1))
@@ -156,6 +158,26 @@ def _expression_level(tokens: list[tuple[object, str]]) -> str | None:
             continue
         return None
     return None
+
+
+def _finished(tokens: list[tuple[object, str]], current_line: str,
+              partial: re.Match[str] | None) -> bool:
+    """The cursor starts a line after an expression that is complete: its brackets are
+    closed and it ends in an operand (an operator or an open bracket continues it)."""
+    typed = partial.group() if partial is not None else ""
+    if current_line[:len(current_line) - len(typed)].strip() or not tokens:
+        return False
+    kind, last = tokens[-1]
+    if last in ("=", "(", "[", ",", "if", "then", "else") or kind in Operator:
+        return False
+    depth = 0
+    for index in range(len(tokens) - 1, 0, -1):
+        value = tokens[index][1]
+        if value == "=" and tokens[index - 1][1] in ("reward", "pool", "dimension",
+                                                     "principle"):
+            break  # the statement's own `=`, not a keyword argument's
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(value, 0)
+    return depth <= 0
 
 
 def _names(analysis: Analysis | None, kind: str) -> list[Item]:

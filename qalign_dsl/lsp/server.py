@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path, to_fs_path
+from pygls.workspace import TextDocument, Workspace
 
 from qalign_dsl.lang.diagnostics import Span
 from qalign_dsl.lang.fmt import format_module
@@ -35,6 +39,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_DEBOUNCE_S = 0.01
 REQUEST_FAILED = -32803  # LSP's RequestFailed
 MAX_WORKSPACE_FILES = 500
+WORKSPACE_WALK_S = 2.0
+WORKSPACE_WALK_TTL_S = 5.0
+_SKIPPED_FOLDERS = ("node_modules", "__pycache__", "site-packages", "venv")
 
 
 class QalServer(LanguageServer):
@@ -46,12 +53,20 @@ class QalServer(LanguageServer):
         self.good: dict[str, Analysis] = {}  # uri -> the latest analysis that parsed
         self.pending: dict[str, asyncio.Task[None]] = {}
         self.stale: set[str] = set()  # buffers whose imports changed since their analysis
+        self.notify_importers: set[str] = set()  # pending runs that re-check importers after
         self.parsers: dict[str, IncrementalParser] = {}  # uri -> its incremental parser
         self.published: dict[str, tuple[int | None, list[types.Diagnostic]]] = {}
         self.roots: list[str] = []
+        self.client_uris: dict[str, str] = {}  # unquoted URI -> the URI the client sent
+        self.encoding = "utf-16"  # the position encoding negotiated at initialize
         self._disk: dict[str, tuple[float, Analysis]] = {}  # workspace files not open
+        self._walk: tuple[float, list[str]] | None = None  # (when, the workspace's .qal files)
 
     # --- paths and text
+    def lines(self, text: str) -> Lines:
+        """Position conversions in the encoding negotiated with the client."""
+        return Lines(text, self.encoding)
+
     @staticmethod
     def path_of(uri: str) -> str:
         return to_fs_path(uri) or uri
@@ -60,15 +75,25 @@ class QalServer(LanguageServer):
     def uri_of(path: str) -> str:
         return from_fs_path(os.path.abspath(path)) or path
 
+    # pygls keys its documents by the unquoted URI ("file:///My Rubrics/a.qal"); the server
+    # keeps the client's own spelling ("file:///My%20Rubrics/a.qal") for everything it sends
+    # back, or a client would not match the diagnostics to the file.
+    def is_open(self, uri: str) -> bool:
+        return unquote(uri) in self.workspace.text_documents
+
+    def open_documents(self) -> list[tuple[str, TextDocument]]:
+        return [(self.client_uris.get(key, key), document)
+                for key, document in self.workspace.text_documents.items()]
+
     def open_texts(self) -> dict[str, str]:
         return {file_key(self.path_of(uri)): doc.source
-                for uri, doc in self.workspace.text_documents.items()}
+                for uri, doc in self.open_documents()}
 
     def read_bytes(self, path: Path) -> bytes:
         """Files as the editor has them: an open buffer wins over the disk."""
         text = self.open_texts().get(file_key(str(path)))
-        if text is not None:
-            return text.encode("utf-8")
+        if text is not None:  # (lone surrogates become bytes that are not UTF-8: QAL006)
+            return text.encode("utf-8", "surrogatepass")
         return read_file_bytes(path)
 
     def lines_of(self, path: str) -> Lines:
@@ -86,7 +111,7 @@ class QalServer(LanguageServer):
                 text = read_file_bytes(Path(path)).decode("utf-8", "replace")
             except SourceUnavailable:
                 text = ""
-        return Lines(text)
+        return self.lines(text)
 
     def location(self, path: str, span: Span) -> types.Location:
         return types.Location(uri=self.uri_of(path), range=self.lines_of(path).range(span))
@@ -115,7 +140,7 @@ class QalServer(LanguageServer):
         the cursor maps to 0 when it changed since."""
         analysis = self.best(uri)
         document = self.workspace.get_text_document(uri)
-        buffer = Lines(document.source)
+        buffer = self.lines(document.source)
         line, column = buffer.position(position)
         if analysis.text == document.source:
             return analysis, line, column, None
@@ -142,15 +167,19 @@ class QalServer(LanguageServer):
     def schedule(self, uri: str, importers: bool = True, stale: bool = False) -> None:
         if stale:
             self.stale.add(uri)
+        if importers:  # kept when this joins a pending run that was not going to
+            self.notify_importers.add(uri)
         task = self.pending.get(uri)
         if task is not None and not task.done():
             return  # the scheduled run reads the latest text: changes are coalesced
-        self.pending[uri] = asyncio.ensure_future(self._run(uri, importers))
+        self.pending[uri] = asyncio.ensure_future(self._run(uri))
 
-    async def _run(self, uri: str, importers: bool) -> None:
+    async def _run(self, uri: str) -> None:
         await asyncio.sleep(self.debounce_s)
         self.pending.pop(uri, None)
-        if uri not in self.workspace.text_documents:
+        importers = uri in self.notify_importers
+        self.notify_importers.discard(uri)
+        if not self.is_open(uri):
             return
         try:
             analysis = self.analysis(uri)
@@ -162,17 +191,17 @@ class QalServer(LanguageServer):
             changed = file_key(analysis.path)
             for other, previous in list(self.analyses.items()):
                 if other != uri and changed in previous.files() \
-                        and other in self.workspace.text_documents:
+                        and self.is_open(other):
                     self.schedule(other, importers=False, stale=True)
 
     def publish(self) -> None:
         """Publish diagnostics per file: an open file gets its own analysis's diagnostics, a
         file that is not open the ones its importers found in it (as `qalc check` shows)."""
         by_uri: dict[str, list[types.Diagnostic]] = {}
-        open_keys = {file_key(self.path_of(u)): u for u in self.workspace.text_documents}
+        open_keys = {file_key(self.path_of(u)): u for u, _ in self.open_documents()}
         uri_of = {**{k: self.uri_of(k) for k in open_keys}, **open_keys}
         for uri, analysis in self.analyses.items():
-            if uri not in self.workspace.text_documents:
+            if not self.is_open(uri):
                 continue
             for diagnostic in analysis.diagnostics:
                 key = file_key(diagnostic.path)
@@ -180,9 +209,10 @@ class QalServer(LanguageServer):
                     continue  # that file's own analysis reports it
                 target = open_keys.get(key) or self.uri_of(diagnostic.path)
                 uri_of.setdefault(key, target)
-                lines = Lines(analysis.text) if key == file_key(analysis.path) \
+                lines = self.lines(analysis.text) if key == file_key(analysis.path) \
                     else self.lines_of(diagnostic.path)
-                converted = to_lsp_diagnostic(diagnostic, lines, uri_of, analysis)
+                converted = to_lsp_diagnostic(diagnostic, lines, uri_of,
+                                              self.lines_of)
                 found = by_uri.setdefault(target, [])
                 if converted not in found:
                     found.append(converted)
@@ -197,47 +227,70 @@ class QalServer(LanguageServer):
             self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
                 uri=uri, diagnostics=diagnostics, version=version))
 
-    def workspace_analyses(self, name: str) -> list[Analysis]:
-        """Analyses of the workspace's .qal files that mention `name` (references and renames
-        across files that are not open), cached by modification time."""
-        found: list[Analysis] = []
-        open_keys = {file_key(self.path_of(u)) for u in self.workspace.text_documents}
-        seen = 0
+    def workspace_files(self) -> list[str]:
+        """The workspace's .qal files (at most MAX_WORKSPACE_FILES). A workspace may be a
+        home folder: the walk stops after a time budget, so references and rename answer
+        within a bound, and its result is reused for a few seconds."""
+        now = time.monotonic()
+        if self._walk is not None and now - self._walk[0] < WORKSPACE_WALK_TTL_S:
+            return self._walk[1]
+        paths: list[str] = []
+        deadline = now + WORKSPACE_WALK_S
         for root in self.roots:
             for folder, directories, files in os.walk(root):
                 directories[:] = [d for d in directories if not d.startswith(".")
-                                  and d not in ("node_modules", "__pycache__")]
-                for file in files:
-                    if not file.endswith(".qal"):
+                                  and d not in _SKIPPED_FOLDERS]
+                paths += [os.path.join(folder, f) for f in files if f.endswith(".qal")]
+                if len(paths) >= MAX_WORKSPACE_FILES or time.monotonic() > deadline:
+                    logger.warning("workspace walk stopped at %d .qal files", len(paths))
+                    break
+            else:
+                continue
+            break
+        self._walk = (time.monotonic(), paths[:MAX_WORKSPACE_FILES])
+        return self._walk[1]
+
+    def workspace_analyses(self, name: str, program: set[str] | frozenset[str] = frozenset()
+                           ) -> list[Analysis]:
+        """Analyses of the workspace's .qal files that mention `name` (references and renames
+        across files that are not open), cached by modification time. Only names imported
+        cross files: a file with no `import` matters only if it is one of `program`'s (the
+        keys of the files the asking buffer's program read)."""
+        found: list[Analysis] = []
+        open_keys = {file_key(self.path_of(u)) for u, _ in self.open_documents()}
+        for path in self.workspace_files():
+            if file_key(path) in open_keys:
+                continue
+            try:
+                mtime = os.stat(path).st_mtime
+                cached = self._disk.get(path)
+                if cached is None or cached[0] != mtime:
+                    data = read_file_bytes(Path(path))
+                    if name.encode() not in data or \
+                            (b"import" not in data and file_key(path) not in program):
                         continue
-                    seen += 1
-                    if seen > MAX_WORKSPACE_FILES:
-                        return found
-                    path = os.path.join(folder, file)
-                    if file_key(path) in open_keys:
-                        continue
-                    try:
-                        mtime = os.stat(path).st_mtime
-                        cached = self._disk.get(path)
-                        if cached is None or cached[0] != mtime:
-                            data = read_file_bytes(Path(path))
-                            if name.encode() not in data:
-                                continue
-                            cached = (mtime, analyze(data.decode("utf-8", "replace"), path,
-                                                     None, self.read_bytes))
-                            self._disk[path] = cached
-                        elif name not in cached[1].text:
-                            continue
-                        found.append(cached[1])
-                    except (OSError, SourceUnavailable):
-                        continue
+                    cached = (mtime, analyze(data.decode("utf-8", "replace"), path, None,
+                                             self.read_bytes))
+                    self._disk[path] = cached
+                elif name not in cached[1].text or \
+                        ("import" not in cached[1].text and file_key(path) not in program):
+                    continue
+                found.append(cached[1])
+            except (OSError, SourceUnavailable):
+                continue
         return found
 
     def others(self, uri: str, name: str) -> list[Analysis]:
-        return [a for u, a in self.analyses.items() if u != uri] + self.workspace_analyses(name)
+        asking = self.analyses.get(uri)
+        program = asking.files() if asking is not None else set()
+        return [a for u, a in self.analyses.items() if u != uri] + \
+            self.workspace_analyses(name, program)
 
     def report_server_error(self, error: Exception, source: Any) -> None:
-        logger.error("%s", error)
+        if isinstance(error, JsonRpcException) and error.code == REQUEST_FAILED:
+            logger.info("request refused: %s", error)  # a reason shown to the user
+        else:
+            logger.error("%s", error)
 
 
 def build_server(version: str = "") -> QalServer:
@@ -254,9 +307,28 @@ def build_server(version: str = "") -> QalServer:
         if not folders and params.root_uri:
             folders = [ls.path_of(params.root_uri)]
         ls.roots = [f for f in folders if os.path.isdir(f)]
+        # pygls picks the client's first offered encoding (Neovim offers UTF-8 first); every
+        # conversion here follows it, and buffers split lines as the protocol does.
+        ls.encoding = str(ls.workspace.position_encoding or "utf-16")
+        ls.workspace._create_text_document = _text_document_factory(ls.workspace)  # type: ignore[method-assign]
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: QalServer, params: types.InitializedParams) -> None:
+        # Clients other than the VS Code extension (Neovim, Helix, ...) report file changes
+        # only when asked: importers are then re-checked when an imported file changes on
+        # disk, not only at their next keystroke.
+        capabilities = ls.client_capabilities.workspace
+        watched = capabilities.did_change_watched_files if capabilities else None
+        if watched is not None and watched.dynamic_registration:
+            ls.client_register_capability(types.RegistrationParams(registrations=[
+                types.Registration(
+                    id="qal-watched-files", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+                    register_options=types.DidChangeWatchedFilesRegistrationOptions(
+                        watchers=[types.FileSystemWatcher(glob_pattern="**/*.qal")]))]))
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: QalServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.client_uris[unquote(params.text_document.uri)] = params.text_document.uri
         ls.published.pop(params.text_document.uri, None)  # always publish on open
         ls.schedule(params.text_document.uri)
 
@@ -271,6 +343,7 @@ def build_server(version: str = "") -> QalServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: QalServer, params: types.DidCloseTextDocumentParams) -> None:
         uri = params.text_document.uri
+        ls.client_uris.pop(unquote(uri), None)
         ls.analyses.pop(uri, None)
         ls.good.pop(uri, None)
         ls.parsers.pop(uri, None)
@@ -279,8 +352,10 @@ def build_server(version: str = "") -> QalServer:
     @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
     def watched(ls: QalServer, params: types.DidChangeWatchedFilesParams) -> None:
         changed = {file_key(ls.path_of(change.uri)) for change in params.changes}
+        if any(c.type != types.FileChangeType.Changed for c in params.changes):
+            ls._walk = None  # a .qal file was created or deleted
         for uri, analysis in list(ls.analyses.items()):
-            if changed & analysis.files() and uri in ls.workspace.text_documents:
+            if changed & analysis.files() and ls.is_open(uri):
                 ls.schedule(uri, importers=False, stale=True)
 
     @server.feature(types.TEXT_DOCUMENT_HOVER)
@@ -296,7 +371,7 @@ def build_server(version: str = "") -> QalServer:
         document = ls.workspace.get_text_document(uri)
         return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown,
                                                         value=text),
-                           range=Lines(document.source).range(span) if span else None)
+                           range=ls.lines(document.source).range(span) if span else None)
 
     @server.feature(types.TEXT_DOCUMENT_DEFINITION)
     def on_definition(ls: QalServer, params: types.DefinitionParams) -> types.Location | None:
@@ -332,7 +407,7 @@ def build_server(version: str = "") -> QalServer:
         if analysis.index is None:
             raise JsonRpcException("the file does not parse; fix its syntax errors before "
                                    "renaming", REQUEST_FAILED)
-        lines = Lines(analysis.text)
+        lines = ls.lines(analysis.text)
         try:
             span, placeholder = navigation.prepare_rename(analysis,
                                                           *lines.position(params.position))
@@ -350,7 +425,7 @@ def build_server(version: str = "") -> QalServer:
         if analysis.index is None:
             raise JsonRpcException("the file does not parse; fix its syntax errors before "
                                    "renaming", REQUEST_FAILED)
-        line, column = Lines(analysis.text).position(params.position)
+        line, column = ls.lines(analysis.text).position(params.position)
         occurrence = navigation.key_at(analysis, line, column)
         if occurrence is None:
             raise JsonRpcException("nothing to rename here", REQUEST_FAILED)
@@ -370,7 +445,7 @@ def build_server(version: str = "") -> QalServer:
         formatted = format_module(entry.module)
         if formatted == analysis.text:
             return []
-        lines = Lines(analysis.text)
+        lines = ls.lines(analysis.text)
         return [types.TextEdit(range=types.Range(start=types.Position(line=0, character=0),
                                                  end=lines.end()), new_text=formatted)]
 
@@ -388,14 +463,16 @@ def build_server(version: str = "") -> QalServer:
         document = ls.workspace.get_text_document(uri)
         if analysis.text != document.source:
             mapping = LineMap(analysis.text, document.source)
-        lines = Lines(document.source)
+        lines = ls.lines(document.source)
         return [s for s in (_symbol(s, lines, mapping)
                             for s in navigation.outline(entry.module)) if s is not None]
 
     @server.feature(types.TEXT_DOCUMENT_FOLDING_RANGE)
     def on_folding(ls: QalServer, params: types.FoldingRangeParams) -> list[types.FoldingRange]:
         document = ls.workspace.get_text_document(params.text_document.uri)
-        return [types.FoldingRange(start_line=a - 1, end_line=b - 1,
+        lines = ls.lines(document.source)
+        return [types.FoldingRange(start_line=lines.to_lsp(a, 1).line,
+                                   end_line=lines.to_lsp(b, len(lines.line(b)) + 1).line,
                                    kind=types.FoldingRangeKind.Comment if kind == "comment"
                                    else types.FoldingRangeKind.Region)
                 for a, b, kind in navigation.folding_ranges(document.source)]
@@ -406,14 +483,15 @@ def build_server(version: str = "") -> QalServer:
         document = ls.workspace.get_text_document(uri)
         analysis = ls.analysis(uri)
         return types.SemanticTokens(
-            data=tokens.encode(tokens.semantic_tokens(analysis, document.source)))
+            data=tokens.encode(tokens.semantic_tokens(analysis, document.source,
+                                                      ls.lines(document.source))))
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION,
                     types.CompletionOptions(trigger_characters=[".", "{", "(", " ", "="]))
     def on_completion(ls: QalServer, params: types.CompletionParams) -> types.CompletionList:
         uri = params.text_document.uri
         document = ls.workspace.get_text_document(uri)
-        lines = Lines(document.source)
+        lines = ls.lines(document.source)
         line, column = lines.position(params.position)
         analysis, old_line, _, _ = ls.view(uri, params.position)
         items = completion.complete(document.source, offset_of(document.source, line, column),
@@ -428,12 +506,12 @@ def build_server(version: str = "") -> QalServer:
                        params: types.CodeActionParams) -> list[types.CodeAction]:
         uri = params.text_document.uri
         analysis = ls.analysis(uri)
-        lines = Lines(analysis.text)
-        first = params.range.start.line + 1
-        last = params.range.end.line + 1
+        lines = ls.lines(analysis.text)
+        first = lines.position(params.range.start)[0]
+        last = lines.position(params.range.end)[0]
         result = []
         for fix in actions.fixes(analysis, first, last):
-            diagnostic = to_lsp_diagnostic(fix.diagnostic, lines, {}, None)
+            diagnostic = to_lsp_diagnostic(fix.diagnostic, lines, {}, ls.lines_of)
             result.append(types.CodeAction(
                 title=fix.title, kind=types.CodeActionKind.QuickFix,
                 diagnostics=[diagnostic], is_preferred=fix.preferred,
@@ -484,6 +562,40 @@ def _workspace_edit(ls: QalServer,
     return types.WorkspaceEdit(changes=changes)
 
 
+_PROTOCOL_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+class _Document(TextDocument):
+    """pygls splits lines with `str.splitlines`, which also breaks at U+2028, U+0085, form
+    feeds and more: an incremental change after such a character would land on the wrong
+    line. The protocol's line breaks are only "\n", "\r\n" and "\r"."""
+
+    @property
+    def lines(self) -> list[str]:
+        return _PROTOCOL_LINES.findall(self.source)
+
+
+def _text_document_factory(workspace: Workspace) -> Any:
+    def create(doc_uri: str, source: str | None = None, version: int | None = None,
+               language_id: str | None = None) -> TextDocument:
+        return _Document(doc_uri, source=source, version=version, language_id=language_id,
+                         sync_kind=workspace._sync_kind,
+                         position_codec=workspace.position_codec)
+    return create
+
+
+class _QuietRefusals(logging.Filter):
+    """pygls logs every error response with a traceback; a refused rename ("nothing to
+    rename here", a collision) is an answer, not a server fault: without this, each F2 on
+    a keyword wrote a traceback to the client's log (and a client that never reads the
+    server's stderr would eventually block it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, JsonRpcException) and error.code == REQUEST_FAILED)
+
+
 def serve(version: str = "") -> None:
+    logging.getLogger("pygls.protocol.json_rpc").addFilter(_QuietRefusals())
     server = build_server(version)
     server.start_io()

@@ -41,13 +41,16 @@ def _classify(token: _TokenType) -> tuple[str, int] | None:
     return None
 
 
-def semantic_tokens(analysis: Analysis, text: str) -> list[tuple[int, int, int, str, int]]:
-    """(0-based line, UTF-16 character, length, type, modifier bits) in order; multi-line
-    tokens split per line. Names found in the index take their definition's kind."""
+def semantic_tokens(analysis: Analysis, text: str,
+                    lines: Lines | None = None) -> list[tuple[int, int, int, str, int]]:
+    """(0-based LSP line, character, length, type, modifier bits) in order, in `lines`'
+    encoding (UTF-16 by default); multi-line tokens split per line. Names found in the
+    index take their definition's kind."""
     index = analysis.index if analysis.text == text else None
-    lines = Lines(text)
+    lines = lines or Lines(text)
     out: list[tuple[int, int, int, str, int]] = []
     line, column = 0, 0
+    # Pygments reads "\r\n" and a lone "\r" as "\n": its lines are the protocol's lines.
     for token, value in QalLexer(stripnl=False, ensurenl=False).get_tokens(text):
         kind = _classify(token)
         pieces = value.split("\n")
@@ -56,13 +59,14 @@ def semantic_tokens(analysis: Analysis, text: str) -> list[tuple[int, int, int, 
                 line, column = line + 1, 0
             if kind is not None and piece.strip():
                 token_type, modifiers = kind
+                at_line, at_column = lines.compiler(line, column)
                 if token_type == "variable" and modifiers == 0 and index is not None:
-                    occurrence = index.at(analysis.path, line + 1, column + 1)
+                    occurrence = index.at(analysis.path, at_line, at_column)
                     if occurrence is not None:
                         token_type = _BY_KIND[occurrence.key.kind]
                         modifiers = 1 if occurrence.definition else 0
-                start = lines.to_utf16(line + 1, column + 1)  # LSP counts UTF-16 units
-                end = lines.to_utf16(line + 1, column + 1 + len(piece))
+                start = lines.character(at_line, at_column)
+                end = lines.character(at_line, at_column + len(piece))
                 out.append((line, start, end - start, token_type, modifiers))
             column += len(piece)
     return out
