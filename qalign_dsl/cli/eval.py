@@ -15,7 +15,9 @@ from typing import Any
 
 from rich.console import Console
 
+from qalign_dsl.cli import validation
 from qalign_dsl.cli.common import ExitCode, UsageError, write_atomic
+from qalign_dsl.cli.outputs import check_output_dir
 
 MAX_ERRORS = 20
 
@@ -87,6 +89,11 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
     for name, path in models.items():
         if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
             raise UsageError(f"--model {name}: `{path}` does not exist")
+    validation.positive_int("--judge-batch", arguments.judge_batch, 100_000)
+    validation.device("--device", arguments.device)
+    for option, folder in (("-o", arguments.output), ("--cache-dir", arguments.cache_dir)):
+        if folder is not None:
+            check_output_dir(folder, [arguments.recipe], option)
     try:
         recipe = load_recipe(arguments.recipe)
     except RecipeError as error:
@@ -124,7 +131,7 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
     refs = [ModelRef(name, path) for name, path in models.items()]
     baseline = arguments.baseline or refs[0].name
     used = {suite.judge for suite in recipe.suites if suite.judge}
-    store = GenerationStore(cache_dir / "generations.sqlite")
+    store: GenerationStore | None = None  # created once the judges load: a failure before leaves no file behind
     try:
         classifiers = {}
         from dataclasses import replace
@@ -140,6 +147,7 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
                                  "or `model:` in the recipe")
             classifiers[name] = build_classifier(spec, cache_dir / "answers.sqlite",
                                                  arguments.device)
+        store = GenerationStore(cache_dir / "generations.sqlite")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=console, transient=True) as bars:
             tasks: dict[tuple[str, str, str], TaskID] = {}
@@ -159,7 +167,8 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
         console.print(f"qalc eval: {error}", style="red", markup=False)
         return ExitCode.PROBLEMS
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
     results = build_results(run, {name: c.identity for name, c in classifiers.items()},
                             baseline)

@@ -75,10 +75,10 @@ def _margin(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got `{text}`") from None
-    if not value >= 0:
+    if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(
-            f"must be >= 0, got {text}: a row is kept only when its revision improves on "
-            "its draft (use --margin 0 to keep every improvement)")
+            f"must be a finite number >= 0, got {text}: a row is kept only when its revision "
+            "improves on its draft (use --margin 0 to keep every improvement)")
     return value
 
 
@@ -110,6 +110,9 @@ def run_synth(arguments: argparse.Namespace, console: Console) -> int:
     validation.finite_float("--temperature", arguments.temperature, minimum=0.0, maximum=100.0)
     validation.backend_options(arguments)
     validation.device("--device", arguments.device)  # the policy runs on it whatever the judge
+    validation.positive_int("--samples", arguments.samples, 1024)
+    validation.positive_int("--pairs-per-prompt", arguments.pairs_per_prompt, 1024)
+    validation.non_negative_int("--seed", arguments.seed, 2**32 - 1)
     dropped_path = dropped_output(arguments.output)
     inputs = [arguments.compiled, arguments.prompts]
     source_from_arguments(arguments, arguments.prompts, "PROMPTS")  # usage errors first

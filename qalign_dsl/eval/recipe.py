@@ -16,6 +16,7 @@ from typing import Any
 import fastjsonschema
 import yaml
 
+from qalign_dsl.safe_io import MAX_RECIPE_BYTES, BadInput, read_text
 from qalign_dsl.sources import KINDS, SourceSpec
 
 METRICS = ("asr", "frr", "accuracy")
@@ -83,21 +84,22 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["suites"],
     "properties": {
-        "name": {"type": "string", "minLength": 1},
+        # The default output folder is runs/eval/<name>: no path separators, no `..`.
+        "name": {"type": "string", "minLength": 1, "pattern": "^[^/\\\\.][^/\\\\]*$"},
         "description": {"type": "string"},
-        "seed": {"type": "integer"},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 4294967295},
         "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-        "bootstrap": {"type": "integer", "minimum": 100},
+        "bootstrap": {"type": "integer", "minimum": 100, "maximum": 1000000},
         "sampling": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "samples": {"type": "integer", "minimum": 1},
-                "max_new_tokens": {"type": "integer", "minimum": 1},
+                "samples": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": 1000000},
                 "temperature": {"type": "number", "minimum": 0},
                 "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                 "top_k": {"type": "integer", "minimum": 0},
-                "batch_size": {"type": "integer", "minimum": 1},
+                "batch_size": {"type": "integer", "minimum": 1, "maximum": 100000},
                 "system": {"type": "string"},
             },
         },
@@ -184,11 +186,13 @@ class Recipe:
 def load_recipe(path: Path) -> Recipe:
     """Read and validate a recipe; raises RecipeError naming `path` and the key."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise RecipeError(f"{path}: cannot read: {error.strerror or error}") from None
+        text = read_text(path, MAX_RECIPE_BYTES)  # a FIFO, a device, invalid UTF-8: refused
+    except BadInput as error:
+        raise RecipeError(str(error)) from None
     try:
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise RecipeError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
