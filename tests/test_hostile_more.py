@@ -251,7 +251,7 @@ MERGES: list[tuple[str, list[str], Files, int, str]] = [
      "p.jsonl:1: id `zz` is not in"),
     ("overlapping-parts", ["{tmp}/p.jsonl", "{tmp}/q.jsonl"], {"p.jsonl": PART,
      "q.jsonl": PART}, 1, "q.jsonl:1: id `a` again"),
-    ("same-part-twice", ["{tmp}/p.jsonl", "{tmp}/p.jsonl"], {"p.jsonl": PART}, 2,
+    ("same-part-twice", ["{tmp}/p.jsonl", "{tmp}/p.jsonl"], {"p.jsonl": PART}, 1,
      "p.jsonl: given twice"),
     ("different-rubrics", ["{tmp}/p.jsonl", "{tmp}/q.jsonl"], {
         "d.jsonl": (GOOD_DATA + GOOD_DATA.replace('"a"', '"b"')).encode(), "p.jsonl": PART,

@@ -59,9 +59,9 @@ def _merge(arguments: argparse.Namespace, console: Console) -> int:
     for part in arguments.parts:
         identity = _identity(part)
         if identity in seen_parts:
-            console.print(f"{part}: given twice (also as {seen_parts[identity]})", style="red",
-                          markup=False)
-            return ExitCode.USAGE
+            console.print(f"{part}: given twice (also as {seen_parts[identity]}); shards must "
+                          "not overlap", style="red", markup=False)
+            return ExitCode.PROBLEMS
         seen_parts[identity] = part
         try:
             entries = _part_entries(part)
@@ -158,4 +158,5 @@ def _part_entries(part: Path) -> Iterator[tuple[str, str | BadInput | dict[str, 
         open_regular(part, None).close()
         return iter([(f"{part}: row {number}", row)
                       for number, row in enumerate(read_parquet(part), start=1)])
-    return ((f"{part}:{number}", line) for number, line in iter_lines(part))
+    return ((f"{part}:{number}", line.removesuffix("\n") if isinstance(line, str) else line)
+            for number, line in iter_lines(part))
