@@ -330,6 +330,11 @@ VALIDATES: list[tuple[str, list[str], Files, int, str]] = [
     ("model-and-answers", VALIDATE + ["--model", NO_MODEL], {}, 2, "not both"),
     ("compiled-fifo", ["validate", "{tmp}/fifo", "{tmp}/l.jsonl", "--answers",
                        "{tmp}/a.jsonl"], {}, 1, "it is a FIFO"),
+    # Sample ids are user text in the outputs table: printed as text, not read as markup.
+    ("markup-in-ids", VALIDATE, {
+        "l.jsonl": LABEL.replace(b'"a"', b'"[/]x"').replace(b'"True"}', b'"True", '
+                                                           b'"harmlessness": "high"}'),
+        "a.jsonl": ANSWER.replace(b'"a"', b'"[/]x"')}, 0, "[/]x"),
 ]
 for name, argv, files, code, message in VALIDATES:
     add(f"validate-{name}", argv, {**VFILES, **files}, code, message)
@@ -695,4 +700,37 @@ def test_serve_rejects_hostile_bodies(tiny_model: Path) -> None:
         assert isinstance(good.json()["results"][0]["reward"], float)
 
 
-_ = (stat, json, Callable)
+# --- kill -9 mid-run, then rerun: the parquet outputs of `synth --pairs` --------------------
+def test_synth_pairs_parquet_resumes_after_a_kill(tiny_model: Path, tmp_path: Path) -> None:
+    """Both parquet outputs (pairs and dropped prompts) journal their rows; a kill leaves
+    journals only, a rerun resumes from them: every prompt decided once, no journal left."""
+    import subprocess
+    import sys
+
+    from conftest import kill_after_lines
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about {i}."})
+                               + "\n" for i in range(8)))
+    out = tmp_path / "pairs.parquet"
+    journal = tmp_path / "pairs.dropped.parquet.partial.jsonl"
+    command = [sys.executable, "-m", "qalign_dsl", "synth", str(ROOT / "compiled" /
+               "tutorial.json"), str(prompts), "--pairs", "--samples", "2", "--policy",
+               str(tiny_model), "--judge", str(tiny_model), "--max-new-tokens", "4",
+               "--batch-size", "1", "--margin", "1000", "-o", str(out)]
+    before = kill_after_lines(command, journal)  # the margin drops every prompt
+    assert 2 <= before < 8 and not out.exists()
+    with journal.open("a") as handle:  # a row cut off mid-write
+        handle.write('{"id": "p7", "prom')
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    ids = [row["id"] for row in pq.read_table(tmp_path / "pairs.dropped.parquet").to_pylist()]
+    ids += [row["id"] for row in pq.read_table(out).to_pylist()]
+    assert sorted(ids) == [f"p{i}" for i in range(8)]
+    assert not journal.exists()
+    assert not (tmp_path / "pairs.parquet.partial.jsonl").exists()
+
+
+_ = (stat, Callable)

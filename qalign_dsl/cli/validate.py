@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from qalign_dsl.cli import validation as checks
 from qalign_dsl.cli.aggregate import parse_line
@@ -293,9 +294,10 @@ def _print_tables(out: Console, validation: Validation) -> None:
         for column in ("output", "level", "n", "acc", "kappa", "NA", "disagreements"):
             outputs.add_column(column)
         for o in validation.outputs:
+            # The misses are labelled samples' ids: user text, never markup.
             outputs.add_row(o.id, o.level, str(o.labelled), _fmt(o.accuracy), _fmt(o.kappa),
-                            _fmt(o.na_rate), ", ".join(o.misses[:6])
-                            + (" …" if len(o.misses) > 6 else ""))
+                            _fmt(o.na_rate), Text(", ".join(o.misses[:6])
+                                                  + (" …" if len(o.misses) > 6 else "")))
         out.print(outputs)
     unlabelled = [q for q in validation.questions if not q.labelled and q.flags]
     if unlabelled:
