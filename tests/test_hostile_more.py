@@ -733,4 +733,22 @@ def test_synth_pairs_parquet_resumes_after_a_kill(tiny_model: Path, tmp_path: Pa
     assert not (tmp_path / "pairs.parquet.partial.jsonl").exists()
 
 
+@pytest.mark.parametrize("stdin, message", [
+    ("/dev/zero", "file is too large"), ("/dev/urandom", "<stdin>"),
+])
+def test_fmt_stdin_is_bounded(stdin: str, message: str, tmp_path: Path) -> None:
+    """`qalc fmt -` reads at most one byte past the source limit: `< /dev/zero` is an error
+    at once, not a read that never ends."""
+    import subprocess
+    import sys
+
+    with open(stdin, "rb") as source:
+        done = subprocess.run([sys.executable, "-m", "qalign_dsl", "fmt", "-"], stdin=source,
+                              capture_output=True, timeout=60, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 1, err
+    assert message in err and "Traceback" not in err
+
+
 _ = (stat, Callable)
