@@ -733,6 +733,25 @@ def test_synth_pairs_parquet_resumes_after_a_kill(tiny_model: Path, tmp_path: Pa
     assert not (tmp_path / "pairs.parquet.partial.jsonl").exists()
 
 
+@pytest.mark.parametrize("cache", ["generations.sqlite", "answers.sqlite"])
+def test_eval_cache_qalc_did_not_write(cache: str, tiny_model: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A cache file in -o that is not SQLite: a message naming the folder, exit 1, the file
+    untouched, no results written (it was a traceback)."""
+    _materialize(tmp_path, {**EFILES, "e.yaml": EVAL_RECIPE.encode()})
+    garbage = tmp_path / "run" / cache
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"not a database " * 100)
+    code = main(["eval", str(tmp_path / "e.yaml"), "--model", f"m={tiny_model}", "--judge",
+                 f"harm={tiny_model}", "-o", str(tmp_path / "run"), "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "not a usable SQLite database" in err and "Traceback" not in err
+    assert garbage.read_bytes() == b"not a database " * 100
+    # Nothing of the run is written (a judge that loaded may have opened its answer cache).
+    assert not {"results.json", "report.md", "plots"} & {p.name for p in garbage.parent.iterdir()}
+
+
 @pytest.mark.parametrize("stdin, message", [
     ("/dev/zero", "file is too large"), ("/dev/urandom", "<stdin>"),
 ])

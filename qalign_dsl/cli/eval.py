@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,8 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
     refs = [ModelRef(name, path) for name, path in models.items()]
     baseline = arguments.baseline or refs[0].name
     used = {suite.judge for suite in recipe.suites if suite.judge}
-    store: GenerationStore | None = None  # created once the judges load: a failure before leaves no file behind
+    # Created once the judges load: a failure before that leaves no file behind.
+    store: GenerationStore | None = None
     try:
         classifiers = {}
         from dataclasses import replace
@@ -165,6 +167,11 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
                            judge_batch=arguments.judge_batch)
     except (ConfigError, JudgeError, LabelTokenError, ValueError, OSError) as error:
         console.print(f"qalc eval: {error}", style="red", markup=False)
+        return ExitCode.PROBLEMS
+    except sqlite3.Error as error:  # a generations or answers cache qalc did not write
+        console.print(f"qalc eval: {cache_dir}: a cache file is not a usable SQLite "
+                      f"database ({error}); remove it or choose another --cache-dir",
+                      style="red", markup=False)
         return ExitCode.PROBLEMS
     finally:
         if store is not None:
