@@ -505,6 +505,13 @@ TRAINS: list[tuple[str, str, str, int, str]] = [
     ("reward-batch-size-zero", "grpo", "data: p.jsonl\njudge: {model: ./model}\nreward: "
      "{functions: [{kind: rubric}, {kind: model, model: ./model, batch_size: 0}]}\n", 1,
      "reward.functions"),
+    ("eval-recipe-fifo", "sft", "data: d.jsonl\neval: {recipe: fifo}\n", 1, "fifo"),
+    ("eval-recipe-dev-zero", "sft", "data: d.jsonl\neval: {recipe: /dev/zero}\n", 1,
+     "/dev/zero"),
+    ("eval-every-steps-zero", "sft", "data: d.jsonl\neval: {recipe: e.yaml, every_steps: 0}\n",
+     1, "eval.every_steps"),
+    ("constitution-fifo", "sft", "data: d.jsonl\n", 1, "fifo"),
+    ("constitution-dev-zero", "sft", "data: d.jsonl\n", 1, "/dev/zero"),
     ("reward-functions-empty", "grpo", "data: p.jsonl\njudge: {model: ./model}\nreward: "
      "{functions: []}\n", 1, "reward.functions"),
 ]
@@ -514,6 +521,8 @@ BAD_DATA = {"nan.jsonl": b'{"prompt": "p", "chosen": NaN, "rejected": "b", "mess
             "sur.jsonl": b'{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}\n'}
 for name, stage, body, code, message in TRAINS:
     head = TRECIPE.replace("data: d.jsonl\n", "")
+    if name.startswith("constitution-"):
+        head = head.replace("c.qal", "fifo" if name.endswith("fifo") else "/dev/zero")
     add(f"train-{name}", ["train", stage, "--config", "{tmp}/r.yaml"],
         {**TFILES, **BAD_DATA, "r.yaml": (head + body).encode()}, code, message, OFFLINE)
 
