@@ -77,7 +77,7 @@ def _margin(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got `{text}`") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(
-            f"must be a finite number >= 0, got {text}: a row is kept only when its revision "
+            f"must be >= 0 and finite, got {text}: a row is kept only when its revision "
             "improves on its draft (use --margin 0 to keep every improvement)")
     return value
 
