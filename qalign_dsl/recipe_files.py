@@ -6,8 +6,8 @@ did-you-mean (a typo otherwise shows up as a missing key), then the schema's ver
 the key path, a `required` failure naming the missing keys. Each caller passes its own
 exception type, so `ConfigError` and `RecipeError` keep their meaning.
 
-A leaf module: it imports no other qalign_dsl module (both the training and the eval layer
-read recipes through it).
+A leaf module beside safe_io, whose bounded reading it uses: the training and the eval
+layer both read recipes through it.
 """
 
 from __future__ import annotations
@@ -20,27 +20,23 @@ from typing import Any
 import fastjsonschema
 import yaml
 
+from qalign_dsl.safe_io import MAX_RECIPE_BYTES, BadInput, read_text
+
 __all__ = ["MAX_RECIPE_BYTES", "key_path", "read_yaml", "validate_recipe"]
 
-# A recipe is a page of settings; anything larger is not one (and is never read whole).
-MAX_RECIPE_BYTES = 1024 * 1024
 
 
 def read_yaml(path: Path, error: type[Exception], max_bytes: int) -> tuple[Any, bytes]:
     """The parsed YAML of `path` and the bytes it came from. Anything unreadable raises
-    `error` naming the file (and the line and column of a YAML syntax error); special and
-    oversized files are refused before a byte is read."""
+    `error` naming the file (and the line and column of a YAML syntax error); directories,
+    FIFOs, devices and oversized files are refused on the opened descriptor, before a byte
+    is read (safe_io)."""
     try:
-        if path.exists() and not path.is_file():  # a directory, FIFO or device: never read
-            raise error(f"{path}: cannot read: not a regular file")
-        if path.exists() and path.stat().st_size > max_bytes:
-            raise error(f"{path}: cannot read: larger than {max_bytes} bytes")
-        data = path.read_bytes()
-        return yaml.safe_load(data.decode("utf-8")), data
-    except OSError as problem:
-        raise error(f"{path}: cannot read: {problem.strerror or problem}") from None
-    except UnicodeDecodeError as problem:
-        raise error(f"{path}: not valid UTF-8 (byte offset {problem.start})") from None
+        text = read_text(path, max_bytes)
+    except BadInput as problem:
+        raise error(str(problem)) from None
+    try:
+        return yaml.safe_load(text), text.encode("utf-8")
     except RecursionError:
         raise error(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as problem:

@@ -1,8 +1,8 @@
 """Rows from a dataset source: JSONL, CSV, parquet, a `datasets` folder or a Hub dataset.
 
 Shared by every command that reads data (`eval`, `score`, `synth`, `aggregate`, `train`):
-it imports no other qalign_dsl module, so any layer may use it (pyproject's import-linter
-contract "Dataset sources import no other qalign_dsl module").
+it imports no other qalign_dsl module but `safe_io`, so any layer may use it
+(pyproject's import-linter contract "Dataset sources import no other qalign_dsl module").
 
 `load_rows(spec)` yields `SourceRow`s in file order, each with a location a person can open
 (`data.jsonl:7`, `data.csv:12` counting the header as line 1, `x.parquet row 3`,
@@ -20,7 +20,7 @@ records).
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -28,6 +28,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from qalign_dsl.safe_io import (
+    MAX_DATA_BYTES,
+    BadInput,
+    iter_lines,
+    open_regular,
+    parse_json,
+)
 
 KINDS = ("jsonl", "csv", "parquet", "disk", "hub")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -118,20 +126,21 @@ def _existing(path: Path | None) -> Path:
 
 
 def _jsonl(path: Path) -> Iterator[SourceRow]:
+    """Strict JSON line by line (safe_io): NaN, huge integers, deep nesting, lone
+    surrogates and invalid UTF-8 are row errors; a FIFO, a device or a file over 1 GiB is
+    refused before a byte is read."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise SourceError(
-            f"{path}: cannot read: {getattr(error, 'strerror', None) or error}"
-        ) from None
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+        lines = iter_lines(path, MAX_DATA_BYTES)
+    except BadInput as error:
+        raise SourceError(str(error)) from None
+    for number, line in lines:
         where = f"{path}:{number}"
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            yield SourceRow(where, None, f"invalid JSON: {error.msg} at column {error.colno}")
+            if isinstance(line, BadInput):
+                raise line
+            record = parse_json(line)
+        except BadInput as error:
+            yield SourceRow(where, None, str(error).removeprefix(f"{where}: "))
             continue
         if not isinstance(record, dict):
             yield SourceRow(where, None, "expected a JSON object")
@@ -140,13 +149,11 @@ def _jsonl(path: Path) -> Iterator[SourceRow]:
 
 
 def _csv(path: Path) -> Iterator[SourceRow]:
-    if not path.is_file():
-        raise SourceError(f"{path}: cannot read: not a regular file")
     try:
-        handle = path.open(encoding="utf-8", newline="")
-    except OSError as error:
-        raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
-    with handle:
+        raw = open_regular(path, MAX_DATA_BYTES)
+    except BadInput as error:
+        raise SourceError(str(error)) from None
+    with raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         try:
             for record in reader:
@@ -157,14 +164,22 @@ def _csv(path: Path) -> Iterator[SourceRow]:
                     yield SourceRow(where, None, f"more fields than the header's "
                                     f"{len(reader.fieldnames or [])}")
                     continue
+                if any("\x00" in value for value in record.values() if isinstance(value, str)):
+                    # Python's csv reads NUL bytes as text; in a CSV they mean a binary or
+                    # UTF-16 file, and the judge would see them.
+                    yield SourceRow(where, None, "a NUL byte in a field (is this a binary or "
+                                    "UTF-16 file?)")
+                    continue
                 yield SourceRow(where, dict(record))
         except (csv.Error, UnicodeDecodeError) as error:
             raise SourceError(f"{path}:{reader.line_num}: malformed CSV: {error}") from None
 
 
 def _parquet(path: Path) -> Iterator[SourceRow]:
-    if not path.is_file():
-        raise SourceError(f"{path}: cannot read: not a regular file")
+    try:
+        open_regular(path, None).close()
+    except BadInput as error:
+        raise SourceError(str(error)) from None
     try:
         import pyarrow.parquet as pq
 

@@ -325,7 +325,7 @@ for setting, message in [
         {**TRAIN_FILES, "r.yaml": (RECIPE + "judge: {model: ./model}\ntrainer:\n  " + setting
                                    + "\n").encode()}, 1, "r.yaml: " + message)
 RECIPES = [
-    ("invalid_utf8", RECIPE.encode() + b"# \xff\xfe\n", "r.yaml: not valid UTF-8"),
+    ("invalid_utf8", RECIPE.encode() + b"# \xff\xfe\n", "r.yaml:5: not valid UTF-8"),
     ("judge_timeout_nan", (RECIPE + "judge: {model: ./model, timeout: .nan}\n").encode(),
      "judge.timeout: must be a finite number"),
     ("not_a_mapping", b"- a\n- b\n", "expected a mapping"),

@@ -32,10 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = arguments.run(arguments, console)
         return result
     except UsageError as error:
-        console.print(f"qalc: error: {error}", style="red", markup=False)
+        console.print(f"qalc: error: {_printable(error)}", style="red", markup=False)
         return ExitCode.USAGE
     except BadInput as error:  # a located problem with a user file
-        console.print(str(error), style="red", markup=False)
+        console.print(_printable(error), style="red", markup=False)
         return ExitCode.PROBLEMS
     except KeyboardInterrupt:
         console.print("qalc: interrupted", style="red")
@@ -52,9 +52,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.OK
     except OSError as error:  # writing: read-only or full filesystem, permissions
         where = f"{error.filename}: " if error.filename else ""
-        console.print(f"qalc {arguments.command}: {where}{error.strerror or error}",
+        console.print(_printable(f"qalc {arguments.command}: {where}{error.strerror or error}"),
                       style="red", markup=False)
         return ExitCode.PROBLEMS
+
+
+def _printable(error: object) -> str:
+    """A message that quotes user text: a lone surrogate (from a command-line argument or
+    a file name that is not UTF-8) is shown escaped instead of failing the print."""
+    return str(error).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from qalign_dsl.cli import validation
 from qalign_dsl.cli.common import ExitCode, UsageError, write_atomic
+from qalign_dsl.cli.outputs import check_output_dir
 
 MAX_ERRORS = 20
 
@@ -87,6 +90,11 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
     for name, path in models.items():
         if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
             raise UsageError(f"--model {name}: `{path}` does not exist")
+    validation.positive_int("--judge-batch", arguments.judge_batch, 100_000)
+    validation.device("--device", arguments.device)
+    for option, folder in (("-o", arguments.output), ("--cache-dir", arguments.cache_dir)):
+        if folder is not None:
+            check_output_dir(folder, [arguments.recipe], option)
     try:
         recipe = load_recipe(arguments.recipe)
     except RecipeError as error:
@@ -124,7 +132,8 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
     refs = [ModelRef(name, path) for name, path in models.items()]
     baseline = arguments.baseline or refs[0].name
     used = {suite.judge for suite in recipe.suites if suite.judge}
-    store = GenerationStore(cache_dir / "generations.sqlite")
+    # Created once the judges load: a failure before that leaves no file behind.
+    store: GenerationStore | None = None
     try:
         classifiers = {}
         from dataclasses import replace
@@ -140,6 +149,7 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
                                  "or `model:` in the recipe")
             classifiers[name] = build_classifier(spec, cache_dir / "answers.sqlite",
                                                  arguments.device)
+        store = GenerationStore(cache_dir / "generations.sqlite")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=console, transient=True) as bars:
             tasks: dict[tuple[str, str, str], TaskID] = {}
@@ -158,8 +168,14 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
     except (ConfigError, JudgeError, LabelTokenError, ValueError, OSError) as error:
         console.print(f"qalc eval: {error}", style="red", markup=False)
         return ExitCode.PROBLEMS
+    except sqlite3.Error as error:  # a generations or answers cache qalc did not write
+        console.print(f"qalc eval: {cache_dir}: a cache file is not a usable SQLite "
+                      f"database ({error}); remove it or choose another --cache-dir",
+                      style="red", markup=False)
+        return ExitCode.PROBLEMS
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
     results = build_results(run, {name: c.identity for name, c in classifiers.items()},
                             baseline)

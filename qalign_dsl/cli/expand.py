@@ -10,9 +10,11 @@ from typing import Any
 
 from rich.console import Console
 
+from qalign_dsl.cli import validation
 from qalign_dsl.cli.common import ExitCode, write_atomic
 from qalign_dsl.cli.console import print_diagnostic
 from qalign_dsl.cli.judge_options import add_backend_arguments, make_backend
+from qalign_dsl.cli.outputs import check_output
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -65,6 +67,13 @@ def run_expand(arguments: argparse.Namespace, console: Console) -> int:
         console.print("qalc expand: --dimensions, --graded and --attempts must be at least 1",
                       style="red")
         return 2
+    validation.positive_int("--dimensions", arguments.dimensions, 64)
+    validation.positive_int("--graded", arguments.graded, 64)
+    validation.positive_int("--attempts", arguments.attempts, 100)
+    validation.positive_int("--max-tokens", arguments.max_tokens, 1_000_000)
+    validation.finite_float("--temperature", arguments.temperature, minimum=0.0, maximum=100.0)
+    if arguments.output is not None:
+        check_output(arguments.output, [arguments.principles])
     output: Path = arguments.output or arguments.principles.with_suffix(".qal")
     if output.resolve() == arguments.principles.resolve():
         output = output.with_name(output.stem + ".draft.qal")

@@ -14,7 +14,7 @@ from qalign_dsl.lang import codes
 from qalign_dsl.lang.diagnostics import Span
 from qalign_dsl.lang.fmt import format_module
 from qalign_dsl.lang.modules import SourceUnavailable, read_file_bytes
-from qalign_dsl.lang.parser import decode_source, parse
+from qalign_dsl.lang.parser import MAX_SOURCE_BYTES, decode_source, parse
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,7 +31,10 @@ def run_fmt(arguments: argparse.Namespace, console: Console) -> int:
         from_stdin = str(path) == "-"
         shown = "<stdin>" if from_stdin else str(path)
         try:
-            data = sys.stdin.buffer.read() if from_stdin else read_file_bytes(path)
+            # stdin: at most one byte past the source limit (decode_source reports the size;
+            # `< /dev/zero` must not read forever)
+            data = (sys.stdin.buffer.read(MAX_SOURCE_BYTES + 1) if from_stdin
+                    else read_file_bytes(path))
         except SourceUnavailable as error:
             report_diagnostics(
                 console,

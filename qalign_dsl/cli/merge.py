@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from qalign_dsl.cli.common import ExitCode, write_atomic
-from qalign_dsl.cli.inputs import BadInput
+from qalign_dsl.cli.inputs import BadInput, check_id, iter_lines, open_regular, parse_json
+from qalign_dsl.cli.outputs import OutputLock, check_output
 from qalign_dsl.cli.score import _read_data
 from qalign_dsl.cli.tables import is_parquet, read_parquet, write_parquet
 
@@ -36,31 +39,56 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run_merge(arguments: argparse.Namespace, console: Console) -> int:
+    if arguments.output is not None:
+        check_output(arguments.output, [arguments.data, *arguments.parts])
+        with OutputLock(arguments.output):
+            return _merge(arguments, console)
+    return _merge(arguments, console)
+
+
+def _merge(arguments: argparse.Namespace, console: Console) -> int:
     rows = _read_data(arguments.data, console)
     if rows is None:
         return ExitCode.PROBLEMS
     wanted = {row["key"] for row in rows}
     lines: dict[str, str | dict[str, Any]] = {}  # a JSONL line, or a parquet row
     where: dict[str, str] = {}
+    reference: tuple[tuple[str, ...], str] | None = None  # the first row's outputs, and where
     problems = 0
+    seen_parts: dict[str, Path] = {}
     for part in arguments.parts:
+        identity = _identity(part)
+        if identity in seen_parts:
+            console.print(f"{part}: given twice (also as {seen_parts[identity]}); shards must "
+                          "not overlap", style="red", markup=False)
+            return ExitCode.PROBLEMS
+        seen_parts[identity] = part
         try:
             entries = _part_entries(part)
-        except (OSError, UnicodeDecodeError) as error:
-            console.print(f"{part}: cannot read: {getattr(error, 'strerror', None) or error}",
-                          style="red", markup=False)
-            return ExitCode.PROBLEMS
         except BadInput as error:
             # read_parquet's advice is about -o; a part only needs to be named
             console.print(str(error).split(";")[0], style="red", markup=False)
             return ExitCode.PROBLEMS
         for here, line in entries:
             try:
-                record = json.loads(line) if isinstance(line, str) else line
-                key = str(record["id"])
-            except (json.JSONDecodeError, TypeError, KeyError):
-                console.print(f"{here}: not a `qalc score` output line (JSON with `id`)",
-                              style="red", markup=False)
+                if isinstance(line, BadInput):
+                    raise line
+                record = parse_json(line) if isinstance(line, str) else line
+                if not isinstance(record, dict) or "id" not in record:
+                    raise BadInput("not a `qalc score` output line (JSON with `id`)")
+                key = check_id(record["id"])
+            except BadInput as error:
+                console.print(f"{here}: {str(error).removeprefix(here + ': ')}", style="red",
+                              markup=False)
+                problems += 1
+                continue
+            shape = _shape(record)
+            if reference is None:
+                reference = (shape, here)
+            elif shape != reference[0]:
+                console.print(f"{here}: scored with another rubric than {reference[1]} (its "
+                              "principles and dimensions differ); merge the parts of one "
+                              "rubric", style="red", markup=False)
                 problems += 1
                 continue
             if key not in wanted:
@@ -100,13 +128,35 @@ def run_merge(arguments: argparse.Namespace, console: Console) -> int:
     return ExitCode.OK
 
 
-def _part_entries(part: Path) -> list[tuple[str, str | dict[str, Any]]]:
-    """(where, JSONL line or parquet row) for every row of one part."""
+def _identity(path: Path) -> str:
+    try:
+        info = path.stat()
+    except OSError:
+        return os.path.abspath(path)
+    return f"{info.st_dev}:{info.st_ino}"
+
+
+def _shape(record: dict[str, Any]) -> tuple[str, ...]:
+    """The output ids a row carries: rows of one rubric share them."""
+    keys: list[str] = []
+    for field in ("principles", "dimensions"):
+        value = record.get(field)
+        if isinstance(value, str):  # a parquet part's JSON-text column
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = None
+        if isinstance(value, dict):
+            keys += sorted(f"{field}.{key}" for key in value)
+    return tuple(keys)
+
+
+def _part_entries(part: Path) -> Iterator[tuple[str, str | BadInput | dict[str, Any]]]:
+    """(where, JSONL line or parquet row) for every row of one part; the part's type and
+    size are checked first (a FIFO or /dev/zero is refused before a byte is read)."""
     if is_parquet(part):
-        if not part.exists():
-            raise OSError(2, "No such file or directory")
-        return [(f"{part}: row {number}", row)
-                for number, row in enumerate(read_parquet(part), start=1)]
-    text = part.read_text(encoding="utf-8")
-    return [(f"{part}:{number}", line) for number, line in enumerate(text.split("\n"), start=1)
-            if line.strip()]
+        open_regular(part, None).close()
+        return iter([(f"{part}: row {number}", row)
+                      for number, row in enumerate(read_parquet(part), start=1)])
+    return ((f"{part}:{number}", line.removesuffix("\n") if isinstance(line, str) else line)
+            for number, line in iter_lines(part))

@@ -40,6 +40,21 @@ def check_output(output: Path, inputs: Iterable[Path], option: str = "-o") -> No
         raise UsageError(f"{option} {output}: cannot write under /proc, /sys or /dev")
 
 
+def check_output_dir(folder: Path, inputs: Iterable[Path], option: str) -> None:
+    """Usage errors for an output folder (a report, an eval run, a cache folder) that is a
+    file, one of the inputs, under a pseudo filesystem, or below a file."""
+    for source in inputs:
+        if _same_file(folder, source):
+            raise UsageError(f"{option} {folder}: is the input {source}; name another folder")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder}: is a file, not a folder")
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"{option} {folder}: `{existing}` is not a directory")
+    if _on_pseudo_filesystem(folder):
+        raise UsageError(f"{option} {folder}: cannot write under /proc, /sys or /dev")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 from pathlib import Path
 
 from rich.console import Console
 
+from qalign_dsl.cli import validation
 from qalign_dsl.cli.common import ExitCode, UsageError
 from qalign_dsl.cli.judge_options import add_backend_arguments, judge_spec, make_backend
+from qalign_dsl.cli.outputs import check_output
 from qalign_dsl.cli.rubric import add_compiled_argument, load_rubric
 
 
@@ -47,8 +50,11 @@ def run_serve(arguments: argparse.Namespace, console: Console) -> int:
         value = getattr(arguments, name)
         if value < (0 if name == "port" else 1) or (name == "port" and value > 65535):
             raise UsageError(f"--{name.replace('_', '-')}: out of range: {value}")
-    if arguments.max_wait_ms < 0:
-        raise UsageError(f"--max-wait-ms: must not be negative, got {arguments.max_wait_ms}")
+    validation.finite_float("--max-wait-ms", arguments.max_wait_ms, minimum=0.0,
+                            maximum=60_000.0)
+    validation.backend_options(arguments)
+    if arguments.cache is not None:
+        check_output(arguments.cache, [arguments.compiled], "--cache")
     token = None
     if arguments.token_env:
         token = os.environ.get(arguments.token_env)
@@ -60,15 +66,26 @@ def run_serve(arguments: argparse.Namespace, console: Console) -> int:
         return ExitCode.PROBLEMS
     import uvicorn
 
+    from qalign_dsl.judge.backend import JudgeError
     from qalign_dsl.judge.cache import AnswerCache
+    from qalign_dsl.judge.labels import LabelTokenError
     from qalign_dsl.judge.runtime import Judge
     from qalign_dsl.serve.app import ServeLimits, create_app
     from qalign_dsl.serve.batcher import Batcher
     from qalign_dsl.serve.scoring import RubricScorer
 
-    cache = AnswerCache(arguments.cache) if arguments.cache else None
-    judge = Judge(rubric.rubric, make_backend(arguments), cache,
-                  short_circuit=judge_spec(arguments).short_circuit)
+    try:
+        backend = make_backend(arguments)
+        cache = AnswerCache(arguments.cache) if arguments.cache else None
+        judge = Judge(rubric.rubric, backend, cache,
+                      short_circuit=judge_spec(arguments).short_circuit)
+    except (JudgeError, LabelTokenError) as error:
+        console.print(f"judge: {error}", style="red", markup=False)
+        return ExitCode.PROBLEMS
+    except sqlite3.Error as error:
+        console.print(f"--cache {arguments.cache}: not a usable SQLite answer cache ({error})",
+                      style="red", markup=False)
+        return ExitCode.PROBLEMS
     batcher = Batcher(RubricScorer(judge), arguments.max_batch, arguments.max_wait_ms / 1000)
     info = {"title": rubric.rubric.title, "hash": rubric.rubric.hash}
     app = create_app(batcher, info, ServeLimits(arguments.max_body_bytes, arguments.max_items),

@@ -105,6 +105,9 @@ def run_synth(arguments: argparse.Namespace, console: Console) -> int:
     validation.finite_float("--temperature", arguments.temperature, minimum=0.0, maximum=100.0)
     validation.backend_options(arguments)
     validation.device("--device", arguments.device)  # the policy runs on it whatever the judge
+    validation.positive_int("--samples", arguments.samples, 1024)
+    validation.positive_int("--pairs-per-prompt", arguments.pairs_per_prompt, 1024)
+    validation.non_negative_int("--seed", arguments.seed, 2**32 - 1)
     dropped_path = dropped_output(arguments.output)
     inputs = [arguments.compiled, arguments.prompts]
     source_from_arguments(arguments, arguments.prompts, "PROMPTS")  # usage errors first

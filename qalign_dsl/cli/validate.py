@@ -16,11 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from qalign_dsl.cli import validation as checks
 from qalign_dsl.cli.aggregate import parse_line
 from qalign_dsl.cli.common import UsageError, write_atomic
 from qalign_dsl.cli.console import make_console
+from qalign_dsl.cli.inputs import MAX_DATA_BYTES, BadInput, iter_lines, read_text
 from qalign_dsl.cli.judge_options import add_backend_arguments, add_cache_arguments, make_backend
+from qalign_dsl.cli.outputs import check_output_dir
 from qalign_dsl.cli.rubric import add_compiled_argument, load_rubric
 
 if TYPE_CHECKING:
@@ -82,15 +86,22 @@ def run_validate(arguments: argparse.Namespace, console: Console) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be within [-1, 1]")
     if arguments.bins < 1 or arguments.min_items < 1 or arguments.batch_size < 1:
         raise UsageError("--bins, --min-items and --batch-size must be at least 1")
+    checks.positive_int("--bins", arguments.bins, 1000)
+    checks.positive_int("--min-items", arguments.min_items, 1_000_000)
+    checks.positive_int("--batch-size", arguments.batch_size, 100_000)
+    checks.finite_float("--band-threshold", arguments.band_threshold)
+    if arguments.min_kappa is not None:
+        checks.finite_float("--min-kappa", arguments.min_kappa, minimum=-1.0, maximum=1.0)
+    if arguments.model:
+        checks.backend_options(arguments)
+    inputs = [arguments.compiled, arguments.labels] + (
+        [arguments.answers] if arguments.answers is not None else [])
+    if arguments.report is not None:
+        check_output_dir(arguments.report, inputs, "--report")
     rubric = load_rubric(arguments.compiled, console)
     if rubric is None:
         return EXIT_PROBLEMS
-    try:
-        text = arguments.labels.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        console.print(f"{arguments.labels}: cannot read: "
-                      f"{getattr(error, 'strerror', None) or error}", style="red", markup=False)
-        return EXIT_PROBLEMS
+    text = read_text(arguments.labels, MAX_DATA_BYTES)  # BadInput: type, size, UTF-8
     items, problems = parse_labels(text, str(arguments.labels), rubric.document)
     if not problems and not items:
         problems = [f"{arguments.labels}: no labelled samples"]
@@ -141,24 +152,23 @@ def _read_answers(path: Path, rubric: CompiledRubric, items: list[LabelledItem],
                   console: Console) -> Answers | None:
     from qalign_dsl.evaluate.answers import AnswerError, encode_batch
 
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as error:
-        console.print(f"{path}: cannot read: {getattr(error, 'strerror', None) or error}",
-                      style="red", markup=False)
-        return None
     by_id: dict[str, dict[int, list[float] | None]] = {}
+    first: dict[str, int] = {}
     bad = 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, line in iter_lines(path, MAX_DATA_BYTES):  # BadInput: type, size
         try:
+            if isinstance(line, BadInput):
+                raise AnswerError(str(line).removeprefix(f"{path}:{number}: "))
             identifier, draft, _ = parse_line(rubric, line)
-        except AnswerError as error:
+            key = str(identifier)
+            if key in first:
+                raise AnswerError(f"duplicate id `{key}` (first at line {first[key]})")
+        except (AnswerError, BadInput) as error:
             console.print(f"{path}:{number}: {error}", style="red", markup=False)
             bad += 1
             continue
-        by_id[str(identifier)] = draft
+        first[key] = number
+        by_id[key] = draft
     missing = [item.key for item in items if item.key not in by_id]
     if missing:
         shown = ", ".join(f"`{m}`" for m in missing[:5]) + (" …" if len(missing) > 5 else "")
@@ -282,9 +292,10 @@ def _print_tables(out: Console, validation: Validation) -> None:
         for column in ("output", "level", "n", "acc", "kappa", "NA", "disagreements"):
             outputs.add_column(column)
         for o in validation.outputs:
+            # The misses are labelled samples' ids: user text, never markup.
             outputs.add_row(o.id, o.level, str(o.labelled), _fmt(o.accuracy), _fmt(o.kappa),
-                            _fmt(o.na_rate), ", ".join(o.misses[:6])
-                            + (" …" if len(o.misses) > 6 else ""))
+                            _fmt(o.na_rate), Text(", ".join(o.misses[:6])
+                                                  + (" …" if len(o.misses) > 6 else "")))
         out.print(outputs)
     unlabelled = [q for q in validation.questions if not q.labelled and q.flags]
     if unlabelled:

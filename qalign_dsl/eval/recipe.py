@@ -83,21 +83,22 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["suites"],
     "properties": {
-        "name": {"type": "string", "minLength": 1},
+        # The default output folder is runs/eval/<name>: no path separators, no `..`.
+        "name": {"type": "string", "minLength": 1, "pattern": "^[^/\\\\.][^/\\\\]*$"},
         "description": {"type": "string"},
-        "seed": {"type": "integer"},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 4294967295},
         "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-        "bootstrap": {"type": "integer", "minimum": 100},
+        "bootstrap": {"type": "integer", "minimum": 100, "maximum": 1000000},
         "sampling": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "samples": {"type": "integer", "minimum": 1},
-                "max_new_tokens": {"type": "integer", "minimum": 1},
+                "samples": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": 1000000},
                 "temperature": {"type": "number", "minimum": 0},
                 "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                 "top_k": {"type": "integer", "minimum": 0},
-                "batch_size": {"type": "integer", "minimum": 1},
+                "batch_size": {"type": "integer", "minimum": 1, "maximum": 100000},
                 "system": {"type": "string"},
             },
         },

@@ -145,16 +145,19 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 
 def rich_table(results: dict[str, Any]) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
+    # Model, recipe and suite names are user text: escaped, never read as markup.
     headers, rows = cells(results)
-    table = Table(title=f"{results['recipe']['name']} (%, best bold, † p < "
-                        f"{results['recipe']['alpha']} vs {results['baseline']})")
+    table = Table(title=f"{escape(str(results['recipe']['name']))} (%, best bold, † p < "
+                        f"{results['recipe']['alpha']} vs {escape(str(results['baseline']))})")
     table.add_column("model")
     for header in headers:
-        table.add_column(header, justify="right")
+        table.add_column(escape(header), justify="right")
     for name, row in rows:
-        table.add_row(name, *[("[bold]" if best else "") + text + ("[/bold]" if best else "")
+        table.add_row(escape(name), *[("[bold]" if best else "") + escape(text)
+                                      + ("[/bold]" if best else "")
                               + (" †" if significant else "") for text, best, significant in row])
     return table
 

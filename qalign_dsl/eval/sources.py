@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from qalign_dsl.eval.recipe import Columns, Suite
+from qalign_dsl.judge.prompts import ROLES
+from qalign_dsl.safe_io import parse_json
 from qalign_dsl.sources import SourceError, SourceRow, SourceSpec, get_column, load_rows
 
 __all__ = ["EvalItem", "MappedSuite", "SourceError", "SourceRow", "SourceSpec", "load_rows",
@@ -68,10 +70,14 @@ def _item(suite: Suite, row: SourceRow, number: int) -> EvalItem | str:
         if columns.messages:
             raw = get_column(record, columns.messages)
             if isinstance(raw, str):
-                raw = json.loads(raw)
+                raw = parse_json(raw)  # strict: NaN, deep nesting, lone surrogates refused
             if not isinstance(raw, list) or not raw or not all(
                     isinstance(m, dict) and isinstance(m.get("content"), str) for m in raw):
                 return f"column `{columns.messages}` must be a list of {{role, content}} messages"
+            unknown = [m["role"] for m in raw if m.get("role", "user") not in ROLES]
+            if unknown:  # a role is rendered into the judge prompt as is
+                return (f"column `{columns.messages}`: unknown role {str(unknown[0])[:40]!r}; "
+                        f"allowed: {', '.join(ROLES)}")
             messages = [(str(m.get("role", "user")), m["content"]) for m in raw]
         else:
             assert columns.prompt is not None
@@ -85,8 +91,12 @@ def _item(suite: Suite, row: SourceRow, number: int) -> EvalItem | str:
         identifier = get_column(record, columns.id) if columns.id else None
     except KeyError as error:
         return f"missing column `{error.args[0]}` (has: {', '.join(map(str, record))})"
-    except (ValueError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # BadInput is a ValueError
         return f"bad `{columns.choices or columns.messages}`: {error}"
+    if identifier is not None and (isinstance(identifier, bool)
+                                   or not isinstance(identifier, (str, int))):
+        return (f"column `{columns.id}`: an id must be a string or an integer, got "
+                f"{type(identifier).__name__}")
     if columns.answer and (answer is None or str(answer).strip() == ""):
         return f"empty reference answer in column `{columns.answer}`"
     if suite.template or choices:

@@ -23,6 +23,7 @@ import yaml
 from qalign_dsl.lang import nodes
 from qalign_dsl.lang.ids import derive_block_id, derive_question_id
 from qalign_dsl.lang.parser import decode_source, parse
+from qalign_dsl.safe_io import MAX_RECIPE_BYTES, BadInput, read_regular
 
 # Questions are plain sentences: no quotes, backslashes, braces (template slots) or newlines.
 # Repetition bounds stay under 128: xgrammar (vLLM) fails to compile larger ones.
@@ -106,15 +107,17 @@ def read_brief(path: Path) -> Brief:
     """Principles from YAML (`principles: [{name, description, dimensions}]`) or from a
     .qal skeleton (principles with optional dimensions and questions)."""
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ExpandError(f"{path}: cannot read: {error.strerror or error}") from None
+        data = read_regular(path, MAX_RECIPE_BYTES)  # a FIFO or a device is refused
+    except BadInput as error:
+        raise ExpandError(str(error)) from None
     if path.suffix == ".qal":
         return _brief_from_skeleton(path, data)
     try:
         raw = yaml.safe_load(data.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as error:
         raise ExpandError(f"{path}: invalid YAML: {error}") from None
+    except RecursionError:
+        raise ExpandError(f"{path}: invalid YAML: nested too deeply") from None
     try:
         _validate_brief(raw)
     except fastjsonschema.JsonSchemaValueException as error:

@@ -5,7 +5,6 @@ through the `Batcher`, so concurrent requests share one judge call. See docs/ser
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from qalign_dsl.judge.prompts import ROLES
 from qalign_dsl.judge.runtime import Sample
+from qalign_dsl.safe_io import BadInput, parse_json
 from qalign_dsl.serve.batcher import Batcher, ItemResult
 
 
@@ -68,8 +69,12 @@ def create_app(batcher: Batcher, rubric_info: dict[str, Any],
                 raise BadRequest(413, f"request body is over the limit of "
                                       f"{limits.max_body_bytes} bytes (--max-body-bytes)")
         try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise BadRequest(400, f"the body is not valid UTF-8: {error}") from None
+        try:  # strict: NaN, huge integers, deep nesting and lone surrogates are refused
+            return parse_json(text)
+        except BadInput as error:
             raise BadRequest(400, f"the body is not valid JSON: {error}") from None
 
     def check_count(count: int) -> None:
@@ -169,6 +174,9 @@ def _sample(item: Any, where: str) -> Sample:
                     and isinstance(message.get("content"), str)):
                 raise BadRequest(422, f"{where}.prompt[{j}] must be "
                                       '{"role": string, "content": string}')
+            if message["role"] not in ROLES:
+                raise BadRequest(422, f"{where}.prompt[{j}].role: unknown role "
+                                      f"{message['role'][:40]!r}; allowed: {', '.join(ROLES)}")
         prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
     elif not isinstance(prompt, str):
         raise BadRequest(422, f"{where}.prompt must be a string or a list of chat messages")

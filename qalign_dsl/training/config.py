@@ -40,7 +40,7 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "r": {"type": "integer", "minimum": 1},
+                "r": {"type": "integer", "minimum": 1, "maximum": 65536},
                 "alpha": {"type": "number", "exclusiveMinimum": 0},
                 "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
                 "target_modules": {"type": ["string", "array"], "minLength": 1,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,17 +34,17 @@ def load_constitution(path: Path) -> dict[str, Any]:
             raise ConfigError(f"constitution: {path} does not compile ({len(errors)} error(s); "
                               f"run `qalc check {path}`)")
         return result.document
-    try:
-        return ir.loads(path.read_bytes(), where=str(path))
+    from qalign_dsl.safe_io import MAX_IR_BYTES, BadInput, read_regular
+
+    try:  # a FIFO or /dev/zero is refused before a byte is read
+        return ir.loads(read_regular(path, MAX_IR_BYTES), where=str(path))
+    except BadInput as error:
+        raise ConfigError(f"constitution: {error}") from None
     except ir.InvalidIR as error:
         raise ConfigError(f"constitution: {error}") from None
 
 
 COLUMNS = STAGE_FIELDS
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"`{name}` is not a JSON number")
 
 
 def read_rows(path: Path | DataSource, column: str | tuple[str, ...],
@@ -60,23 +59,22 @@ def read_rows(path: Path | DataSource, column: str | tuple[str, ...],
             return _source_rows(path, columns)
         assert path.spec.path is not None
         key, path = path.key, path.spec.path
-    if not path.is_file():
-        raise ConfigError(f"{key}: {path}: not a regular file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{key}: {path}: not valid UTF-8 (byte offset {error.start})") from None
+    from qalign_dsl.safe_io import MAX_DATA_BYTES, BadInput, iter_lines, parse_json
+
+    try:  # type and size first: a FIFO or /dev/zero is never read
+        lines = iter_lines(path, MAX_DATA_BYTES)
+    except BadInput as error:
+        raise ConfigError(f"{key}: {error}") from None
     rows = []
     first_kind: dict[str, tuple[str, int]] = {}
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line, parse_constant=_reject_constant)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{key}: {path}:{number}: invalid JSON: {error.msg}") from None
-        except (ValueError, RecursionError) as error:
-            raise ConfigError(f"{key}: {path}:{number}: invalid JSON: {error}") from None
+    for number, line in lines:
+        try:  # strict JSON: NaN, huge integers, deep nesting, lone surrogates are refused
+            if isinstance(line, BadInput):
+                raise line
+            row = parse_json(line)
+        except BadInput as error:
+            raise ConfigError(f"{key}: {path}:{number}: "
+                              f"{str(error).removeprefix(f'{path}:{number}: ')}") from None
         missing = [c for c in columns if not isinstance(row, dict) or c not in row]
         if missing:
             raise ConfigError(f"{key}: {path}:{number}: missing `{missing[0]}`")
@@ -122,9 +120,11 @@ def _source_rows(source: DataSource, columns: tuple[str, ...]) -> list[dict[str,
                                       f"{missing_column(row.record, column)}{hint}")
                 value = record[name]
                 if name == "messages" and isinstance(value, str):
-                    try:
-                        value = json.loads(value, parse_constant=_reject_constant)
-                    except (ValueError, RecursionError):
+                    from qalign_dsl.safe_io import parse_json
+
+                    try:  # ValueError: BadInput (NaN, deep nesting, lone surrogates)
+                        value = parse_json(value)
+                    except ValueError:
                         raise ConfigError(f"{key}: {row.where}: column `{column}`: not chat "
                                           "messages (JSON text of [{role, content}, …])"
                                           ) from None

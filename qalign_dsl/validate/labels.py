@@ -21,6 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from qalign_dsl.judge.prompts import ROLES
+from qalign_dsl.safe_io import BadInput, parse_json
+
 # Output bands: an output's value v (in [-1, 1]) is `low` when v < threshold, `high` when
 # v >= threshold, and `na` when it is undefined. The synonyms read naturally per output.
 BANDS: dict[str, str] = {
@@ -59,8 +62,10 @@ def band(value: float | None, threshold: float = DEFAULT_THRESHOLD) -> str:
 
 
 def _valid_prompt(prompt: Any) -> bool:
+    """A string, or chat messages whose roles are allow-listed (a role is rendered into the
+    judge prompt as is)."""
     return isinstance(prompt, str) or (isinstance(prompt, list) and bool(prompt) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str)
+        isinstance(m, dict) and m.get("role") in ROLES
         and isinstance(m.get("content"), str) for m in prompt))
 
 
@@ -81,9 +86,9 @@ def parse_labels(text: str, where: str, document: Mapping[str, Any]
             problems.append(f"{where}:{number}: {message}")
 
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            problem(f"invalid JSON: {error.msg} at column {error.colno}")
+            record = parse_json(line)  # strict: no NaN, huge integers, deep nesting, surrogates
+        except BadInput as error:
+            problem(str(error))
             continue
         if not isinstance(record, dict):
             problem("expected a JSON object with `prompt`, `response` and `labels`")
@@ -94,7 +99,8 @@ def parse_labels(text: str, where: str, document: Mapping[str, Any]
                     "tags, note)")
             continue
         if not _valid_prompt(record.get("prompt")):
-            problem("`prompt` must be a string or a list of chat messages {role, content}")
+            problem("`prompt` must be a string or a list of chat messages {role, content} "
+                    f"with a role of {', '.join(ROLES)}")
             continue
         if not isinstance(record.get("response"), str):
             problem("missing `response` (a string; empty is allowed)")
@@ -107,7 +113,11 @@ def parse_labels(text: str, where: str, document: Mapping[str, Any]
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             problem("`tags` must be a list of strings")
             continue
-        key = str(record.get("id", number))
+        identifier = record.get("id", number)
+        if isinstance(identifier, bool) or not isinstance(identifier, (str, int)):
+            problem(f"`id` must be a string or an integer, got {json.dumps(identifier)[:40]}")
+            continue
+        key = str(identifier)
         if key in seen:
             problem(f"duplicate id `{key}`")
             continue
