@@ -45,6 +45,8 @@ def read_yaml(path: Path, error: type[Exception], max_bytes: int) -> tuple[Any, 
         raise error(
             f"{path}{where}: invalid YAML: {getattr(problem, 'problem', problem)}"
         ) from None
+    except (ValueError, TypeError) as problem:  # e.g. a date-like scalar such as 2024-13-45
+        raise error(f"{path}: invalid YAML value: {problem}") from None
 
 
 def key_path(keys: list[str]) -> str:

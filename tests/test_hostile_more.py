@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import stat
 from collections.abc import Callable, Iterator
@@ -458,6 +459,8 @@ TRAINS: list[tuple[str, str, str, int, str]] = [
     ("dpo-pairs-deep", "dpo", "data: deep.jsonl\n", 1, "deep.jsonl:1"),
     ("dpo-pairs-huge-int", "dpo", "data: huge.jsonl\n", 1, "huge.jsonl:1"),
     ("dpo-pairs-surrogate", "dpo", "data: sur.jsonl\n", 1, "sur.jsonl:1"),
+    ("date-like-value", "sft", "data: d.jsonl\neval_data: 2024-13-45\n", 1,
+     "r.yaml: invalid YAML value: month must be in 1..12"),
     ("data-fifo", "sft", "data: fifo\n", 1, "fifo"),
     ("data-dev-zero", "sft", "data: /dev/zero\n", 1, "/dev/zero"),
     ("data-hub-offline", "sft", "data: {dataset: qalc-tests/nope, split: train}\n", 1,
@@ -556,6 +559,10 @@ for name, argv, files, code, message in [
     ("yaml-garbage", EXPAND, {"p.yaml": b"a: [\n"}, 1, "p.yaml"),
     ("yaml-nan-name", EXPAND, {"p.yaml": b"principles:\n  - name: .nan\n"}, 1, "p.yaml"),
     ("yaml-deep", EXPAND, {"p.yaml": b"a: " + b"[" * 5000 + b"\n"}, 1, "p.yaml"),
+    ("yaml-date-like", EXPAND, {"p.yaml": PRINCIPLES + b"title: 2024-13-45\n"}, 1,
+     "p.yaml: invalid YAML value"),
+    ("yaml-misspelt-key", EXPAND, {"p.yaml": PRINCIPLES + b"    descripton: x\n"}, 1,
+     "p.yaml: principles[0]: unknown key `descripton` (did you mean `description`?)"),
     ("dimensions-zero", EXPAND + ["--dimensions", "0"], {}, 2, "--dimensions"),
     ("dimensions-huge", EXPAND + ["--dimensions", "1000000000"], {}, 2, "--dimensions"),
     ("attempts-huge", EXPAND + ["--attempts", "1000000000"], {}, 2, "--attempts"),
@@ -780,3 +787,28 @@ def test_fmt_stdin_is_bounded(stdin: str, message: str, tmp_path: Path) -> None:
 
 
 _ = (stat, Callable)
+
+
+def test_judge_problems_are_reported_at_start(tiny_model: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str],
+                                             alarm: None) -> None:
+    """serve loads the judge's weights before it listens: a judge that cannot load is exit 1
+    at start (not a healthy server failing every request); validate and serve say when
+    --cache is not an SQLite file."""
+    broken = tmp_path / "no-weights"
+    shutil.copytree(tiny_model, broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.unlink()
+    assert main(["serve", MICRO, "--judge", str(broken), "--port", "0"]) == 1
+    assert "cannot load judge model" in capsys.readouterr().err
+    not_sqlite = tmp_path / "notdb.sqlite"
+    not_sqlite.write_bytes(b"not a database" * 100)
+    labels = tmp_path / "l.jsonl"
+    labels.write_bytes(LABEL)
+    assert main(["validate", MICRO, str(labels), "--model", str(tiny_model), "--cache",
+                 str(not_sqlite)]) == 1
+    assert "--cache" in capsys.readouterr().err
+    assert main(["serve", MICRO, "--judge", str(tiny_model), "--cache", str(not_sqlite),
+                 "--port", "0"]) == 1
+    error = capsys.readouterr().err
+    assert "--cache" in error and "Traceback" not in error

@@ -63,10 +63,6 @@ def run_expand(arguments: argparse.Namespace, console: Console) -> int:
         task_prompt,
     )
 
-    if min(arguments.dimensions, arguments.graded, arguments.attempts) < 1:
-        console.print("qalc expand: --dimensions, --graded and --attempts must be at least 1",
-                      style="red")
-        return 2
     validation.positive_int("--dimensions", arguments.dimensions, 64)
     validation.positive_int("--graded", arguments.graded, 64)
     validation.positive_int("--attempts", arguments.attempts, 100)

@@ -5,11 +5,15 @@ drift apart."""
 from __future__ import annotations
 
 import argparse
+import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qalign_dsl.cli.common import UsageError
 from qalign_dsl.judge.spec import JudgeSpec, JudgeSpecError, spec_fields, value_type
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _METAVARS = {int: "N", float: "X", str: "TEXT"}
 
@@ -85,3 +89,31 @@ def make_backend(arguments: argparse.Namespace) -> Any:
 
     return build_backend(judge_spec(arguments), api_key=arguments.api_key)
 
+
+
+def build_judge(arguments: argparse.Namespace, document: Any, console: Console,
+                cache: Path | None, load_weights: bool = False, **options: Any) -> Any | None:
+    """The command's Judge: the backend from its judge options, the answer cache at `cache`
+    (None: no cache) and `options` for `Judge`. Problems are printed and give None: a model
+    that cannot load, a label-token clash, a cache file that is not SQLite. `load_weights`
+    loads a lazily loaded model now (a server must fail at start, not on its first request)."""
+    from qalign_dsl.judge.backend import JudgeError
+    from qalign_dsl.judge.cache import AnswerCache
+    from qalign_dsl.judge.labels import LabelTokenError
+    from qalign_dsl.judge.runtime import Judge
+
+    answer_cache = None
+    try:
+        backend = make_backend(arguments)
+        if load_weights and hasattr(backend, "load"):
+            backend.load()
+        answer_cache = AnswerCache(cache) if cache is not None else None
+        return Judge(document, backend, answer_cache, **options)
+    except (JudgeError, LabelTokenError) as error:
+        console.print(f"judge: {error}", style="red", markup=False)
+    except sqlite3.Error as error:
+        console.print(f"--cache {cache}: not a usable SQLite answer cache ({error})",
+                      style="red", markup=False)
+    if answer_cache is not None:
+        answer_cache.close()
+    return None

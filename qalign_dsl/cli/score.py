@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sqlite3
 import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -27,8 +26,8 @@ from qalign_dsl.cli.inputs import check_id, prompt_problem
 from qalign_dsl.cli.judge_options import (
     add_backend_arguments,
     add_cache_arguments,
+    build_judge,
     judge_spec,
-    make_backend,
 )
 from qalign_dsl.cli.outputs import OutputLock, check_output
 from qalign_dsl.cli.rubric import (
@@ -141,9 +140,7 @@ def run_score(arguments: argparse.Namespace, console: Console) -> int:
 
 def _score(arguments: argparse.Namespace, console: Console) -> int:
     from qalign_dsl.judge.backend import JudgeError
-    from qalign_dsl.judge.cache import AnswerCache
-    from qalign_dsl.judge.labels import LabelTokenError
-    from qalign_dsl.judge.runtime import Judge, Sample
+    from qalign_dsl.judge.runtime import Sample
 
     rubric = load_rubric(arguments.compiled, console)
     if rubric is None:
@@ -170,19 +167,13 @@ def _score(arguments: argparse.Namespace, console: Console) -> int:
                       f"{arguments.output}; the judge was not loaded", style="cyan",
                       markup=False)
         return ExitCode.OK
-    cache = None
-    try:
-        backend = make_backend(arguments)
-        cache = None if arguments.no_cache else AnswerCache(arguments.cache)
-        judge = Judge(rubric.document, backend, cache, normalization=arguments.normalize,
-                      short_circuit=judge_spec(arguments).short_circuit)
-    except (JudgeError, LabelTokenError) as error:
-        console.print(f"judge: {error}", style="red", markup=False)
+    judge = build_judge(arguments, rubric.document, console,
+                        None if arguments.no_cache else arguments.cache,
+                        normalization=arguments.normalize,
+                        short_circuit=judge_spec(arguments).short_circuit)
+    if judge is None:
         return ExitCode.PROBLEMS
-    except sqlite3.Error as error:
-        console.print(f"--cache {arguments.cache}: not a usable SQLite answer cache ({error})",
-                      style="red", markup=False)
-        return ExitCode.PROBLEMS
+    backend, cache = judge.backend, judge.cache
     if finished and arguments.explain is None:
         console.print(f"resuming: {len(finished)} row(s) already in {arguments.output}, "
                       f"{len(todo)} to go", style="cyan")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 from pathlib import Path
 
 from rich.console import Console
 
 from qalign_dsl.cli import validation
 from qalign_dsl.cli.common import ExitCode, UsageError
-from qalign_dsl.cli.judge_options import add_backend_arguments, judge_spec, make_backend
+from qalign_dsl.cli.judge_options import add_backend_arguments, build_judge, judge_spec
 from qalign_dsl.cli.outputs import check_output
 from qalign_dsl.cli.rubric import add_compiled_argument, load_rubric
 
@@ -66,25 +65,13 @@ def run_serve(arguments: argparse.Namespace, console: Console) -> int:
         return ExitCode.PROBLEMS
     import uvicorn
 
-    from qalign_dsl.judge.backend import JudgeError
-    from qalign_dsl.judge.cache import AnswerCache
-    from qalign_dsl.judge.labels import LabelTokenError
-    from qalign_dsl.judge.runtime import Judge
     from qalign_dsl.serve.app import ServeLimits, create_app
     from qalign_dsl.serve.batcher import Batcher
     from qalign_dsl.serve.scoring import RubricScorer
 
-    try:
-        backend = make_backend(arguments)
-        cache = AnswerCache(arguments.cache) if arguments.cache else None
-        judge = Judge(rubric.rubric, backend, cache,
-                      short_circuit=judge_spec(arguments).short_circuit)
-    except (JudgeError, LabelTokenError) as error:
-        console.print(f"judge: {error}", style="red", markup=False)
-        return ExitCode.PROBLEMS
-    except sqlite3.Error as error:
-        console.print(f"--cache {arguments.cache}: not a usable SQLite answer cache ({error})",
-                      style="red", markup=False)
+    judge = build_judge(arguments, rubric.rubric, console, arguments.cache, load_weights=True,
+                        short_circuit=judge_spec(arguments).short_circuit)
+    if judge is None:
         return ExitCode.PROBLEMS
     batcher = Batcher(RubricScorer(judge), arguments.max_batch, arguments.max_wait_ms / 1000)
     info = {"title": rubric.rubric.title, "hash": rubric.rubric.hash}

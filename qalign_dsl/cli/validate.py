@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,8 +85,6 @@ def run_validate(arguments: argparse.Namespace, console: Console) -> int:
     for name in ("chance_kappa", "degenerate_share", "redundant_r"):
         if not -1.0 <= getattr(arguments, name) <= 1.0:
             raise UsageError(f"--{name.replace('_', '-')} must be within [-1, 1]")
-    if arguments.bins < 1 or arguments.min_items < 1 or arguments.batch_size < 1:
-        raise UsageError("--bins, --min-items and --batch-size must be at least 1")
     checks.positive_int("--bins", arguments.bins, 1000)
     checks.positive_int("--min-items", arguments.min_items, 1_000_000)
     checks.positive_int("--batch-size", arguments.batch_size, 100_000)
@@ -197,7 +196,12 @@ def _judge(arguments: argparse.Namespace, rubric: CompiledRubric, items: list[La
     problems = label_token_problems(rubric.document, backend)
     if problems:
         return None, problems
-    cache = None if arguments.no_cache else AnswerCache(arguments.cache)
+    try:
+        cache = None if arguments.no_cache else AnswerCache(arguments.cache)
+    except sqlite3.Error as error:
+        console.print(f"--cache {arguments.cache}: not a usable SQLite answer cache ({error})",
+                      style="red", markup=False)
+        return None, []
     try:
         judge = Judge(rubric.document, backend, cache)
         probabilities, answered, cached = [], [], 0

@@ -26,8 +26,10 @@ def number_type(parse: type[int] | type[float], minimum: float,
             value = parse(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {noun}, got `{text}`") from None
-        if not (value >= minimum and math.isfinite(value)):
-            bound = f"at least {int(minimum)}" if parse is int else f">= {minimum:g} and finite"
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if not value >= minimum:
+            bound = f"at least {int(minimum)}" if parse is int else f">= {minimum:g}"
             raise argparse.ArgumentTypeError(
                 f"must be {bound}, got {text}" + (f": {why}" if why else ""))
         return value

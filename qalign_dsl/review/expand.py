@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import fastjsonschema
-import yaml
 
 from qalign_dsl.lang import nodes
 from qalign_dsl.lang.ids import derive_block_id, derive_question_id
 from qalign_dsl.lang.parser import decode_source, parse
+from qalign_dsl.recipe_files import read_yaml, validate_recipe
 from qalign_dsl.safe_io import MAX_RECIPE_BYTES, BadInput, read_regular
 
 # Questions are plain sentences: no quotes, backslashes, braces (template slots) or newlines.
@@ -106,24 +106,14 @@ _validate_brief = fastjsonschema.compile(_BRIEF_SCHEMA)
 def read_brief(path: Path) -> Brief:
     """Principles from YAML (`principles: [{name, description, dimensions}]`) or from a
     .qal skeleton (principles with optional dimensions and questions)."""
-    try:
-        data = read_regular(path, MAX_RECIPE_BYTES)  # a FIFO or a device is refused
-    except BadInput as error:
-        raise ExpandError(str(error)) from None
     if path.suffix == ".qal":
+        try:
+            data = read_regular(path, MAX_RECIPE_BYTES)  # a FIFO or a device is refused
+        except BadInput as error:
+            raise ExpandError(str(error)) from None
         return _brief_from_skeleton(path, data)
-    try:
-        raw = yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ExpandError(f"{path}: invalid YAML: {error}") from None
-    except RecursionError:
-        raise ExpandError(f"{path}: invalid YAML: nested too deeply") from None
-    try:
-        _validate_brief(raw)
-    except fastjsonschema.JsonSchemaValueException as error:
-        name = error.name or "data"
-        where = name.replace("data", "", 1).lstrip(".") or "(top level)"
-        raise ExpandError(f"{path}: {where}: {error.message.replace(name + ' ', '')}") from None
+    raw, _ = read_yaml(path, ExpandError, MAX_RECIPE_BYTES)
+    validate_recipe(path, raw, _BRIEF_SCHEMA, _validate_brief, ExpandError)
     principles = []
     for item in raw["principles"]:
         dimensions = [DimensionSpec(d) if isinstance(d, str) else

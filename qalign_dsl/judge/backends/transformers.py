@@ -88,6 +88,10 @@ class TransformersBackend(TokenizerFacts):
             self._model = loaded.to(self.device).eval()  # type: ignore[arg-type]
         return self._model
 
+    def load(self) -> None:
+        """Load the weights now (`qalc serve`: fail at start, not on the first request)."""
+        self.model  # noqa: B018 - the property loads
+
     @property
     def loaded(self) -> bool:
         """Whether the weights have been loaded (they load on the first forward pass)."""
