@@ -67,6 +67,9 @@ def validate_recipe(path: Path, raw: Any, schema: dict[str, Any],
     except fastjsonschema.JsonSchemaValueException as problem:
         keys = [str(p) for p in (problem.path or [])[1:]]
         message = problem.message.replace(problem.name or "data", "value", 1)
+        definition = problem.definition if isinstance(problem.definition, dict) else {}
+        if problem.rule == "pattern" and "description" in definition:
+            message = f"value must be {definition['description']}"  # not the raw regex
         if problem.rule == "required":
             node = _lookup(raw, keys) or {}
             missing = [k for k in problem.rule_definition if k not in node]

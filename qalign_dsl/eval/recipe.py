@@ -84,7 +84,8 @@ SCHEMA: dict[str, Any] = {
     "required": ["suites"],
     "properties": {
         # The default output folder is runs/eval/<name>: no path separators, no `..`.
-        "name": {"type": "string", "minLength": 1, "pattern": "^[^/\\\\.][^/\\\\]*$"},
+        "name": {"type": "string", "minLength": 1, "pattern": "^[^/\\\\.][^/\\\\]*$",
+                 "description": "a folder name: no `/` or backslash, not starting with `.`"},
         "description": {"type": "string"},
         "seed": {"type": "integer", "minimum": 0, "maximum": 4294967295},
         "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},

@@ -238,8 +238,10 @@ class QalServer(LanguageServer):
         deadline = now + WORKSPACE_WALK_S
         for root in self.roots:
             for folder, directories, files in os.walk(root):
+                # A virtual environment is any folder with a pyvenv.cfg, whatever its name.
                 directories[:] = [d for d in directories if not d.startswith(".")
-                                  and d not in _SKIPPED_FOLDERS]
+                                  and d not in _SKIPPED_FOLDERS
+                                  and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg"))]
                 paths += [os.path.join(folder, f) for f in files if f.endswith(".qal")]
                 if len(paths) >= MAX_WORKSPACE_FILES or time.monotonic() > deadline:
                     logger.warning("workspace walk stopped at %d .qal files", len(paths))
