@@ -444,12 +444,10 @@ def _swallowed_name(text: str, offset: int, previous: tuple[int, int, str] | Non
                     ) -> tuple[int, int, str] | None:
     """`… scale` ending a line, then `graded "…"` on the next: the parser took the word that
     starts the next line as the clause's name. The clause keyword's position and text."""
-    if previous is None or previous[2] not in _LINE_STARTERS:
+    start = _line_start_word(text, previous, _LINE_STARTERS)
+    if start is None or previous is None:
         return None
-    line, end_column, word = previous
-    start = _offset(text, line, end_column - len(word))
-    if text[text.rfind("\n", 0, start) + 1:start].strip():
-        return None  # not the first word of its line
+    line = previous[0]
     before = _previous_token(text, start)
     if before is None or before[0] >= line or before[2] not in _CLAUSE_KEYWORDS | _EXPR_OPENERS:
         return None
@@ -513,13 +511,24 @@ def _keyword_before(text: str, offset: int, previous: tuple[int, int, str] | Non
                     ) -> tuple[int, int, int, str] | None:
     """A top-level keyword that starts the line of `offset` just before it (line, column,
     offset, keyword), e.g. `scale` in `scale verdict {` met where a label was expected."""
-    if previous is None or previous[2] not in _TOP_LEVEL:
+    start = _line_start_word(text, previous, _TOP_LEVEL)
+    if start is None or previous is None:
         return None
     line, end_column, keyword = previous
-    start = _offset(text, line, end_column - len(keyword))
+    return line, end_column - len(keyword), start, keyword
+
+
+def _line_start_word(text: str, previous: tuple[int, int, str] | None,
+                     words: frozenset[str] | set[str]) -> int | None:
+    """The offset of `previous` (line, end column, word) when it is one of `words` and the
+    first word of its line, else None."""
+    if previous is None or previous[2] not in words:
+        return None
+    line, end_column, word = previous
+    start = _offset(text, line, end_column - len(word))
     if text[text.rfind("\n", 0, start) + 1:start].strip():
         return None  # not the first word of its line
-    return line, end_column - len(keyword), start, keyword
+    return start
 
 
 def _open_block(text: str, offset: int) -> tuple[str, int] | None:
