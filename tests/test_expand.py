@@ -62,9 +62,9 @@ def test_brief_from_yaml(principles: Path) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("principles: []\n", "principles: must contain at least 1 items"),
-    ("principles:\n  - description: x\n", "principles[0]: must contain ['name'] properties"),
-    ("principle: []\n", "must contain ['principles'] properties"),
+    ("principles: []\n", "principles: value must contain at least 1 items"),
+    ("principles:\n  - description: x\n", "principles[0]: missing required key(s): name"),
+    ("principle: []\n", "unknown key `principle` (did you mean `principles`?)"),
     ("principles: [unclosed\n", "invalid YAML"),
 ])
 def test_brief_errors_name_the_place(tmp_path: Path, text: str, message: str) -> None:

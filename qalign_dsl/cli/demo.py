@@ -108,6 +108,9 @@ def run_demo(arguments: argparse.Namespace, console: Console) -> int:
     def elapsed() -> str:
         return f"{time.perf_counter() - started:.0f} s"
 
+    def clock() -> str:  # stage lines show the demo's clock, not each stage's own time
+        return f"at {elapsed()}"
+
     source = demo_source()
     result = compile_file(source)
     assert result.document is not None, result.diagnostics  # the shipped demo.qal compiles
@@ -123,16 +126,17 @@ def run_demo(arguments: argparse.Namespace, console: Console) -> int:
         models = demo.build_models(root, document, [source.read_text(encoding="utf-8")],
                                    settings, advance)
     console.print(f"2/{STAGES} built a tokenizer, a tiny policy and a toy judge in {root} "
-                  f"({elapsed()}); the judge is a toy: trained here to fail the "
+                  f"({clock()}); the judge is a toy: trained here to fail the "
                   "harmlessness questions when a response has a harm word (poison, weapon, …), "
-                  "and taught nothing else")
+                  "and taught nothing else — its helpfulness answers generalize from that "
+                  "lesson, so in this toy the two principles move together")
 
     with stage(console, "SFT: the policy learns everyday sentences", settings.sft_steps) \
             as advance:
         sft_history = demo.sft(root, constitution, models, settings, advance)
     losses = [e["loss"] for e in sft_history if "loss" in e]
     console.print(f"3/{STAGES} SFT {settings.sft_steps} steps on a 50/50 mix of harmless and "
-                  f"harmful sentences, loss {sparkline(losses)} ({elapsed()}): an unaligned "
+                  f"harmful sentences, loss {sparkline(losses)} ({clock()}): an unaligned "
                   "starting point")
 
     with stage(console, "synthesizing SFT rows", None) as advance:
@@ -165,7 +169,7 @@ def run_demo(arguments: argparse.Namespace, console: Console) -> int:
     window = max(1, len(rewards) // 4)
     console.print(f"5/{STAGES} GRPO {settings.grpo_steps} steps, reward {sparkline(rewards)}: "
                   f"mean {mean(rewards[:window]):+.2f} over the first {window} step(s), "
-                  f"{mean(rewards[-window:]):+.2f} over the last {window} ({elapsed()})")
+                  f"{mean(rewards[-window:]):+.2f} over the last {window} ({clock()})")
 
     shutil.copyfile(root / "grpo" / "trainer_state.json", root / "trainer_state.json")
     csv_path = demo.write_metrics_csv(root / "metrics.csv", rows_per_step)
