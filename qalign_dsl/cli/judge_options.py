@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qalign_dsl.cli.common import UsageError
+from qalign_dsl.cli.inputs import BadInput
 from qalign_dsl.judge.spec import JudgeSpec, JudgeSpecError, spec_fields, value_type
 
 if TYPE_CHECKING:
@@ -90,15 +91,27 @@ def make_backend(arguments: argparse.Namespace) -> Any:
     return build_backend(judge_spec(arguments), api_key=arguments.api_key)
 
 
+def open_answer_cache(path: Path | None) -> Any:
+    """The answer cache at `path` (None: no cache). A file that is not an SQLite database is
+    a located problem (`BadInput`: the CLI prints it and exits 1), never a traceback."""
+    from qalign_dsl.judge.cache import AnswerCache
+
+    if path is None:
+        return None
+    try:
+        return AnswerCache(path)
+    except sqlite3.Error as error:
+        raise BadInput(f"--cache {path}: not a usable SQLite answer cache ({error})") from None
+
 
 def build_judge(arguments: argparse.Namespace, document: Any, console: Console,
                 cache: Path | None, load_weights: bool = False, **options: Any) -> Any | None:
     """The command's Judge: the backend from its judge options, the answer cache at `cache`
     (None: no cache) and `options` for `Judge`. Problems are printed and give None: a model
-    that cannot load, a label-token clash, a cache file that is not SQLite. `load_weights`
+    that cannot load, a label-token clash (a cache that is not SQLite: `open_answer_cache`
+    raises). `load_weights`
     loads a lazily loaded model now (a server must fail at start, not on its first request)."""
     from qalign_dsl.judge.backend import JudgeError
-    from qalign_dsl.judge.cache import AnswerCache
     from qalign_dsl.judge.labels import LabelTokenError
     from qalign_dsl.judge.runtime import Judge
 
@@ -107,13 +120,10 @@ def build_judge(arguments: argparse.Namespace, document: Any, console: Console,
         backend = make_backend(arguments)
         if load_weights and hasattr(backend, "load"):
             backend.load()
-        answer_cache = AnswerCache(cache) if cache is not None else None
+        answer_cache = open_answer_cache(cache)
         return Judge(document, backend, answer_cache, **options)
     except (JudgeError, LabelTokenError) as error:
         console.print(f"judge: {error}", style="red", markup=False)
-    except sqlite3.Error as error:
-        console.print(f"--cache {cache}: not a usable SQLite answer cache ({error})",
-                      style="red", markup=False)
     if answer_cache is not None:
         answer_cache.close()
     return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,12 @@ from qalign_dsl.cli.aggregate import parse_line
 from qalign_dsl.cli.common import UsageError, write_atomic
 from qalign_dsl.cli.console import make_console
 from qalign_dsl.cli.inputs import MAX_DATA_BYTES, BadInput, iter_lines, read_text
-from qalign_dsl.cli.judge_options import add_backend_arguments, add_cache_arguments, make_backend
+from qalign_dsl.cli.judge_options import (
+    add_backend_arguments,
+    add_cache_arguments,
+    make_backend,
+    open_answer_cache,
+)
 from qalign_dsl.cli.outputs import check_output_dir
 from qalign_dsl.cli.rubric import add_compiled_argument, load_rubric
 
@@ -184,7 +188,6 @@ def _judge(arguments: argparse.Namespace, rubric: CompiledRubric, items: list[La
     import torch
 
     from qalign_dsl.judge.backend import JudgeError
-    from qalign_dsl.judge.cache import AnswerCache
     from qalign_dsl.judge.runtime import Judge, Sample
     from qalign_dsl.validate.tokens import label_token_problems
 
@@ -196,12 +199,7 @@ def _judge(arguments: argparse.Namespace, rubric: CompiledRubric, items: list[La
     problems = label_token_problems(rubric.document, backend)
     if problems:
         return None, problems
-    try:
-        cache = None if arguments.no_cache else AnswerCache(arguments.cache)
-    except sqlite3.Error as error:
-        console.print(f"--cache {arguments.cache}: not a usable SQLite answer cache ({error})",
-                      style="red", markup=False)
-        return None, []
+    cache = open_answer_cache(None if arguments.no_cache else arguments.cache)
     try:
         judge = Judge(rubric.document, backend, cache)
         probabilities, answered, cached = [], [], 0

@@ -92,11 +92,6 @@ class TransformersBackend(TokenizerFacts):
         """Load the weights now (`qalc serve`: fail at start, not on the first request)."""
         self.model  # noqa: B018 - the property loads
 
-    @property
-    def loaded(self) -> bool:
-        """Whether the weights have been loaded (they load on the first forward pass)."""
-        return self._model is not None
-
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, name: str,
                    max_chunk_tokens: int = 1024, pack_tokens: int = 0) -> TransformersBackend:
