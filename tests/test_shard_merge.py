@@ -14,18 +14,25 @@ from qalign_dsl.cli import main
 COMPILED = str(ROOT / "compiled" / "tutorial.json")
 
 
+def _score_whole_and_shards(model: Path, data: Path, count: int, suffix: str
+                            ) -> tuple[Path, list[str]]:
+    """Score DATA once whole and once as `count` shards, beside DATA: (whole, parts)."""
+    judge = ["--model", str(model), "--no-cache", "--batch-size", "2"]
+    whole = data.with_name("whole" + suffix)
+    assert main(["score", COMPILED, str(data), *judge, "-o", str(whole)]) == 0
+    parts = []
+    for i in range(count):
+        part = data.with_name(f"part{i}{suffix}")
+        assert main(["score", COMPILED, str(data), *judge, "--shard", f"{i}/{count}",
+                     "-o", str(part)]) == 0
+        parts.append(str(part))
+    return whole, parts
+
+
 def test_shards_merge_to_the_unsharded_output(tiny_model: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     data = write_data(tmp_path / "data.jsonl", 7)
-    judge = ["--model", str(tiny_model), "--no-cache", "--batch-size", "2"]
-    whole = tmp_path / "whole.jsonl"
-    assert main(["score", COMPILED, str(data), *judge, "-o", str(whole)]) == 0
-    parts = []
-    for i in range(3):
-        part = tmp_path / f"part{i}.jsonl"
-        assert main(["score", COMPILED, str(data), *judge, "--shard", f"{i}/3",
-                     "-o", str(part)]) == 0
-        parts.append(str(part))
+    whole, parts = _score_whole_and_shards(tiny_model, data, 3, ".jsonl")
     assert len((tmp_path / "part0.jsonl").read_text().splitlines()) == 3  # rows 0, 3, 6
     merged = tmp_path / "merged.jsonl"
     assert main(["merge", str(data), *reversed(parts), "-o", str(merged)]) == 0
@@ -53,15 +60,7 @@ def test_parquet_shards_merge_to_the_unsharded_parquet(tiny_model: Path, tmp_pat
     import pyarrow.parquet as pq
 
     data = write_data(tmp_path / "data.jsonl", 4)
-    judge = ["--model", str(tiny_model), "--no-cache", "--batch-size", "2"]
-    whole = tmp_path / "whole.parquet"
-    assert main(["score", COMPILED, str(data), *judge, "-o", str(whole)]) == 0
-    parts = []
-    for i in range(2):
-        part = tmp_path / f"part{i}.parquet"
-        assert main(["score", COMPILED, str(data), *judge, "--shard", f"{i}/2",
-                     "-o", str(part)]) == 0
-        parts.append(str(part))
+    whole, parts = _score_whole_and_shards(tiny_model, data, 2, ".parquet")
     merged = tmp_path / "merged.parquet"
     assert main(["merge", str(data), parts[1], parts[0], "-o", str(merged)]) == 0
     expected = pq.read_table(whole).to_pylist()

@@ -101,24 +101,23 @@ def _check_rounds(document: dict[str, Any], batch: list[dict[str, Any]]) -> None
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_skipping_never_changes_the_reward_on_random_graphs(data: st.DataObject) -> None:
-    document = _compile(data.draw(constitutions()))
+    _check_random_answers(data, _compile(data.draw(constitutions())))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_skipping_never_changes_the_reward_on_qalign(data: st.DataObject) -> None:
+    _check_random_answers(data, QALIGN)
+
+
+def _check_random_answers(data: st.DataObject, document: dict[str, Any]) -> None:
+    """Skips and rounds on a drawn batch of answers, each sample with a drawn answered-mask."""
     batch = data.draw(answer_batches(document))
     count = len(document["questions"])
     masks = [data.draw(st.lists(st.booleans(), min_size=count, max_size=count))
              for _ in batch]
     _check_skips(document, batch, masks)
     _check_rounds(document, batch)
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_skipping_never_changes_the_reward_on_qalign(data: st.DataObject) -> None:
-    batch = data.draw(answer_batches(QALIGN))
-    count = len(QALIGN["questions"])
-    masks = [data.draw(st.lists(st.booleans(), min_size=count, max_size=count))
-             for _ in batch]
-    _check_skips(QALIGN, batch, masks)
-    _check_rounds(QALIGN, batch)
 
 
 TIES = """qal 1

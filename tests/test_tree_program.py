@@ -69,6 +69,17 @@ def formula(backend: TransformersBackend, jobs: list[ScoringJob]) -> int:
     return total
 
 
+def score_with_budget(backend: TransformersBackend, jobs: list[ScoringJob], budget: int
+                      ) -> tuple[list[Any], int]:
+    """Scores and tokens processed with `max_chunk_tokens = budget` (the module's backend is
+    shared: the default 1024 is restored)."""
+    backend.max_chunk_tokens = budget
+    try:
+        return backend.score(jobs), backend.tokens_processed
+    finally:
+        backend.max_chunk_tokens = 1024
+
+
 def assert_same_scores(shared: list[Any], alone: list[Any], expected: int) -> None:
     compared = 0
     for a, b in zip(shared, alone):
@@ -151,12 +162,7 @@ def test_tree_scores_equal_independent_prompts(backend: TransformersBackend,
         for path, leaf, suffix in zip(job.paths, job.leaves, job.suffixes):
             pieces = [backend.encode(job.blocks[b]) for b in path] + [backend.encode(leaf)]
             assert [t for p in pieces for t in p] == backend.encode(suffix)
-    backend.max_chunk_tokens = budget
-    try:
-        shared = backend.score(jobs)
-        tokens = backend.tokens_processed
-    finally:
-        backend.max_chunk_tokens = 1024
+    shared, tokens = score_with_budget(backend, jobs, budget)
     alone = backend.score_unshared(jobs)
     assert_same_scores(shared, alone, sum(len(j.suffixes) for j in jobs))
     minimum = formula(backend, jobs)
@@ -337,12 +343,7 @@ def test_generated_constitutions_score_like_independent_prompts(
         backend: TransformersBackend, source: str, budget: int) -> None:
     judge = Judge(compiled(source), backend)
     jobs = tree_jobs(judge, Sample("Is this safe?", HARMFUL[1]))
-    backend.max_chunk_tokens = budget
-    try:
-        shared = backend.score(jobs)
-        tokens = backend.tokens_processed
-    finally:
-        backend.max_chunk_tokens = 1024
+    shared, tokens = score_with_budget(backend, jobs, budget)
     assert_same_scores(shared, backend.score_unshared(jobs),
                        sum(len(j.suffixes) for j in jobs))
     if budget == 8192:
