@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def run_train(arguments: argparse.Namespace, console: Console) -> int:
         console.print(str(error), style="red", markup=False)
         return ExitCode.PROBLEMS
     if int(os.environ.get("RANK", "0")) != 0:
-        return ExitCode.OK  # a multi-process launch: rank 0 reports for all
+        return _end_launched_process(ExitCode.OK)  # rank 0 reports for all
     key = "reward" if arguments.stage == "grpo" else "loss"
     columns = [key]
     if arguments.stage == "grpo" and len(config.rewards) > 1:  # each reward of the weighted sum
@@ -125,4 +126,14 @@ def run_train(arguments: argparse.Namespace, console: Console) -> int:
                                 history, columns))
     values = [e[key] for e in history if isinstance(e.get(key), (int, float))]
     console.print(f"{key} per step: {sparkline(values)}")
-    return ExitCode.OK
+    return _end_launched_process(ExitCode.OK)
+
+
+def _end_launched_process(code: int) -> int:
+    """Under torchrun, end the process here, everything saved and printed: tearing the
+    trainer's gloo process group down can deadlock (training/train.py `_KEPT_ALIVE`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

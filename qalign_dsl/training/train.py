@@ -318,7 +318,8 @@ def run_training(config: TrainingConfig, resume: bool = False, quiet: bool = Fal
     if trainer.is_world_process_zero():  # under torchrun / accelerate every rank gets here
         tokenizer.save_pretrained(str(config.output_dir / "final"))
         trainer.state.save_to_json(str(config.output_dir / "trainer_state.json"))
-    _leave_process_group()
+    if _leave_process_group():
+        _KEPT_ALIVE.append(trainer)
     return list(trainer.state.log_history)
 
 
@@ -348,13 +349,23 @@ def _peft_config(settings: dict[str, Any]) -> Any:
         raise ConfigError(f"lora: {str(error).splitlines()[0]}") from None
 
 
-def _leave_process_group() -> None:
+# Trainers of a multi-process launch, never freed: freeing DDP's reducer destroys its gloo
+# process group, which joins a worker thread that may be waiting for the GIL the freeing
+# thread holds — a deadlock after training succeeded (seen as a hung rank in CI). `qalc
+# train` ends such a process with os._exit once everything is saved and printed.
+_KEPT_ALIVE: list[Any] = []
+
+
+def _leave_process_group() -> bool:
     """Under torchrun every rank must leave the process group together: a rank that exits
     while gloo's worker threads are alive aborts (`terminate called without an active
-    exception`, SIGABRT) and fails the whole launch after training succeeded."""
+    exception`, SIGABRT) and fails the whole launch after training succeeded. True when
+    this was a multi-process launch."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        return True
+    return False
 
