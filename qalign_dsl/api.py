@@ -85,14 +85,13 @@ def make_judge(rubric: Rubric, spec: JudgeSpec | Mapping[str, Any],
                cache: str | os.PathLike[str] | AnswerCache | None = None) -> Judge:
     """A judge for `rubric`: the backend a `JudgeSpec` (or the same settings as a mapping, as
     in a recipe's `judge:` section) describes; `cache` an SQLite path for the answer cache."""
-    from qalign_dsl.judge.backend import build_backend
     from qalign_dsl.judge.cache import AnswerCache
-    from qalign_dsl.judge.runtime import Judge
+    from qalign_dsl.judge.runtime import judge_from_spec
 
     judge_spec = spec if isinstance(spec, JudgeSpec) else JudgeSpec.from_mapping(spec)
     answer_cache = AnswerCache(Path(cache)) if isinstance(cache, (str, os.PathLike)) else cache
-    return Judge(rubric, build_backend(judge_spec), answer_cache,
-                 short_circuit=judge_spec.short_circuit)
+    return judge_from_spec(rubric, judge_spec, answer_cache,
+                           short_circuit=judge_spec.short_circuit)
 
 
 def score(rubric: Rubric, judge: Judge, pairs: Sequence[Pair]) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ __all__ = ["COMMANDS", "ExitCode", "UsageError", "build_parser", "main", "main_e
 
 # The order of `qalc --help`. Each name is a module of this package with `register`.
 COMMANDS = ("check", "compile", "fmt", "explain", "aggregate", "diff", "expand", "score",
-            "merge", "synth", "train", "serve", "demo", "lsp", "eval", "validate")
+            "merge", "synth", "train", "distill", "serve", "demo", "lsp", "eval", "validate")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

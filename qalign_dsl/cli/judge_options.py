@@ -11,12 +11,23 @@ from typing import TYPE_CHECKING, Any
 
 from qalign_dsl.cli.common import UsageError
 from qalign_dsl.cli.inputs import BadInput
-from qalign_dsl.judge.spec import JudgeSpec, JudgeSpecError, spec_fields, value_type
+from qalign_dsl.judge.spec import (
+    BACKENDS,
+    CASCADE_THRESHOLDS,
+    TEACHER_BACKENDS,
+    CascadeSpec,
+    JudgeSpec,
+    JudgeSpecError,
+    spec_fields,
+    value_type,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 _METAVARS = {int: "N", float: "X", str: "TEXT"}
+# Commands whose judge may be a student with a cascade to a teacher.
+CASCADE_COMMANDS = ("score", "serve", "validate", "synth", "expand", "distill")
 
 
 def flag(name: str) -> str:
@@ -39,7 +50,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser, model_flags: tuple[st
         if "commands" in meta and command not in meta["commands"]:
             continue
         backends = meta["backends"]
-        scope = "" if len(backends) == 3 else "/".join(backends) + ": "
+        scope = "" if len(backends) == len(BACKENDS) else "/".join(backends) + ": "
         if name == "model":
             group.add_argument(*flags, dest="model", required=True,
                                help=f"{model_help} ({meta['help']})")
@@ -56,6 +67,23 @@ def add_backend_arguments(parser: argparse.ArgumentParser, model_flags: tuple[st
                            choices=meta.get("choices"), metavar=None if meta.get("choices")
                            else meta.get("metavar", _METAVARS[value_type(spec_field)]),
                            help=scope + meta["help"] + shown)
+    if command in CASCADE_COMMANDS:
+        cascade = parser.add_argument_group(
+            "cascade (--backend student)", "the student answers every question; those it is "
+            "unsure of go to a teacher judge, run with the options above (a recipe's "
+            "`judge.cascade` section; docs/distill.md)")
+        cascade.add_argument("--cascade-judge", metavar="MODEL", default=None,
+                             help="the teacher judge the student escalates to")
+        cascade.add_argument("--cascade-backend", choices=TEACHER_BACKENDS,
+                             default="transformers", help="where the teacher runs "
+                             "(default: %(default)s)")
+        cascade.add_argument("--below-confidence", type=float, default=0.8, metavar="P",
+                             help="escalate answers whose top label probability is below P "
+                             "(1: all to the teacher, 0: none; default: %(default)s)")
+        cascade.add_argument("--cascade-thresholds", choices=CASCADE_THRESHOLDS,
+                             default="global", help="global: P for every question; learned: "
+                             "each question's threshold from the student's held-out split "
+                             "(default: %(default)s)")
     # Kept for scripts written before --api-key-env; prefer the environment variable, which
     # keeps the key out of shell history and process lists.
     group.add_argument("--api-key", default=None,
@@ -76,8 +104,21 @@ def judge_spec(arguments: argparse.Namespace) -> JudgeSpec:
     values: dict[str, Any] = {f.name: getattr(arguments, f.name, f.default)
                               for f in spec_fields()}
     try:
+        teacher_model = getattr(arguments, "cascade_judge", None)
+        if teacher_model:
+            if values["backend"] != "student":
+                raise UsageError("--cascade-judge needs --backend student (the student answers "
+                                 "first, the teacher what it is unsure of)")
+            teacher = JudgeSpec(**{**values, "backend": arguments.cascade_backend,
+                                   "model": teacher_model, "short_circuit": "off"})
+            values["cascade"] = CascadeSpec(teacher, arguments.below_confidence,
+                                            arguments.cascade_thresholds)
         return JudgeSpec(**values)
     except JudgeSpecError as error:
+        if error.key.startswith("cascade."):
+            option = {"cascade.below_confidence": "--below-confidence",
+                      "cascade.thresholds": "--cascade-thresholds"}.get(error.key)
+            raise UsageError(f"{option or '--cascade-judge'}: {error.message}") from None
         if error.key == "base_url" and arguments.backend == "openai":
             raise UsageError("--backend openai needs --base-url") from None
         name = "--judge/--model" if error.key == "model" else flag(error.key)
@@ -89,6 +130,16 @@ def make_backend(arguments: argparse.Namespace) -> Any:
     from qalign_dsl.judge.backend import build_backend
 
     return build_backend(judge_spec(arguments), api_key=arguments.api_key)
+
+
+def make_judge(arguments: argparse.Namespace, document: Any, cache: Any = None,
+               **options: Any) -> Any:
+    """The Judge from `add_backend_arguments`' options, with its cascade teacher if any
+    (JudgeError, LabelTokenError: the caller reports them)."""
+    from qalign_dsl.judge.runtime import judge_from_spec
+
+    return judge_from_spec(document, judge_spec(arguments), cache, api_key=arguments.api_key,
+                           **options)
 
 
 def open_answer_cache(path: Path | None) -> Any:
@@ -113,15 +164,16 @@ def build_judge(arguments: argparse.Namespace, document: Any, console: Console,
     loads a lazily loaded model now (a server must fail at start, not on its first request)."""
     from qalign_dsl.judge.backend import JudgeError
     from qalign_dsl.judge.labels import LabelTokenError
-    from qalign_dsl.judge.runtime import Judge
 
     answer_cache = None
     try:
-        backend = make_backend(arguments)
-        if load_weights and hasattr(backend, "load"):
-            backend.load()
         answer_cache = open_answer_cache(cache)
-        return Judge(document, backend, answer_cache, **options)
+        judge = make_judge(arguments, document, answer_cache, **options)
+        if load_weights:
+            for loaded in (judge, getattr(judge.cascade, "teacher", None)):
+                if loaded is not None and hasattr(loaded.backend, "load"):
+                    loaded.backend.load()
+        return judge
     except (JudgeError, LabelTokenError) as error:
         console.print(f"judge: {error}", style="red", markup=False)
     if answer_cache is not None:

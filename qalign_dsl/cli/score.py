@@ -181,7 +181,7 @@ def _score(arguments: argparse.Namespace, console: Console) -> int:
     if output is not None and arguments.explain is None:
         sink = output.open()
     records: list[dict[str, Any]] = []
-    failures = skipped = 0
+    failures = skipped = escalated = student_answers = 0
     progress = Progress(TextColumn("judging"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
                         console=console, transient=True, disable=arguments.explain is not None)
@@ -196,6 +196,8 @@ def _score(arguments: argparse.Namespace, console: Console) -> int:
                 result = judge.score([Sample(r["prompt"], r["response"]) for r in batch])
                 failures += len(result.failures) - result.skipped
                 skipped += result.skipped
+                escalated += result.escalated
+                student_answers += result.student_answers
                 evaluation = rubric.evaluate(result.probabilities, result.answered)
                 lists = evaluation_lists(
                     evaluation
@@ -240,6 +242,11 @@ def _score(arguments: argparse.Namespace, console: Console) -> int:
     if skipped:
         console.print(f"{skipped} question(s) not judged: they cannot change the reward "
                       "(--short-circuit reward)", style="cyan")
+    if judge.cascade is not None and judge.cascade.teacher is not None:
+        total = escalated + student_answers
+        share = f" ({escalated / total:.1%})" if total else ""
+        console.print(f"cascade: {escalated} of {total} fresh answer(s){share} went to the "
+                      "teacher; the student gave the rest", style="cyan")
     print_summary(console, rubric, records, 0, len(records))
     return ExitCode.OK
 

@@ -24,7 +24,7 @@ from qalign_dsl.cli import validation
 from qalign_dsl.cli.common import ExitCode, UsageError
 from qalign_dsl.cli.datasource import add_source_arguments, read_source, source_from_arguments
 from qalign_dsl.cli.inputs import check_id, prompt_problem
-from qalign_dsl.cli.judge_options import add_backend_arguments, make_backend
+from qalign_dsl.cli.judge_options import add_backend_arguments, make_judge
 from qalign_dsl.cli.outputs import OutputLock, check_output
 from qalign_dsl.cli.rubric import add_compiled_argument, load_rubric
 from qalign_dsl.cli.tables import ResumableOutput, is_parquet
@@ -45,7 +45,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--reviser", help="model that writes revisions (default: --policy)")
     parser.add_argument("--critic", help="model that writes reflections (default: a template "
                         "from the rubric's findings)")
-    add_backend_arguments(parser, "--judge", "the judge", default_backend="transformers")
+    add_backend_arguments(parser, "--judge", "the judge", default_backend="transformers",
+                          command="synth")
     parser.add_argument("--max-new-tokens", type=int, default=256,
                         help="tokens generated for each draft, reflection and revision")
     parser.add_argument("--engine", choices=["auto", "transformers", "vllm"], default="auto",
@@ -125,8 +126,6 @@ def run_synth(arguments: argparse.Namespace, console: Console) -> int:
 def _synth(arguments: argparse.Namespace, console: Console, dropped_path: Path) -> int:
     from qalign_dsl.judge.backend import JudgeError
     from qalign_dsl.judge.labels import LabelTokenError
-    from qalign_dsl.judge.runtime import Judge
-
     if arguments.pairs and (arguments.samples < 2 or arguments.pairs_per_prompt < 1):
         raise UsageError("--pairs needs --samples of at least 2 and --pairs-per-prompt of at "
                          "least 1")
@@ -147,7 +146,7 @@ def _synth(arguments: argparse.Namespace, console: Console, dropped_path: Path) 
         console.print(f"resuming: {len(done)} prompt(s) already decided, {len(todo)} to go",
                       style="cyan")
     try:
-        judge = Judge(rubric.document, make_backend(arguments))
+        judge = make_judge(arguments, rubric.document)
         mode = (_pairs_mode(arguments, rubric.document, judge) if arguments.pairs
                 else _sft_mode(arguments, rubric.document, judge))
     except (JudgeError, LabelTokenError, OSError, ValueError) as error:

@@ -27,6 +27,7 @@ from qalign_dsl.cli.judge_options import (
     add_backend_arguments,
     add_cache_arguments,
     make_backend,
+    make_judge,
     open_answer_cache,
 )
 from qalign_dsl.cli.outputs import check_output_dir
@@ -53,8 +54,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--answers", type=Path, metavar="ANSWERS",
                         help="cached judge answers (qalc aggregate's format, e.g. qalc score's "
                         "output) matched by id; no judge runs")
-    add_backend_arguments(parser, "--model", "judge model path or name (not with --answers)",
-                          default_backend="transformers")
+    add_backend_arguments(parser, ("--model", "--judge"), "judge model path or name, or a "
+                          "student folder with --backend student (not with --answers)",
+                          default_backend="transformers", command="validate")
     # --model is needed only when judging; --answers replaces it.
     next(a for a in parser._actions if a.dest == "model").required = False
     parser.add_argument("--batch-size", type=int, default=8, help="samples judged per step")
@@ -188,7 +190,7 @@ def _judge(arguments: argparse.Namespace, rubric: CompiledRubric, items: list[La
     import torch
 
     from qalign_dsl.judge.backend import JudgeError
-    from qalign_dsl.judge.runtime import Judge, Sample
+    from qalign_dsl.judge.runtime import Sample
     from qalign_dsl.validate.tokens import label_token_problems
 
     try:
@@ -196,12 +198,13 @@ def _judge(arguments: argparse.Namespace, rubric: CompiledRubric, items: list[La
     except JudgeError as error:
         console.print(f"judge: {error}", style="red", markup=False)
         return None, []
-    problems = label_token_problems(rubric.document, backend)
-    if problems:
-        return None, problems
+    if not getattr(backend, "reads_samples", False):  # a student reads no label tokens
+        problems = label_token_problems(rubric.document, backend)
+        if problems:
+            return None, problems
     cache = open_answer_cache(None if arguments.no_cache else arguments.cache)
     try:
-        judge = Judge(rubric.document, backend, cache)
+        judge = make_judge(arguments, rubric.document, cache)
         probabilities, answered, cached = [], [], 0
         for start in range(0, len(items), arguments.batch_size):
             batch = items[start:start + arguments.batch_size]

@@ -100,5 +100,5 @@ def backend_options(arguments: argparse.Namespace) -> None:
     non_negative_int("--retries", arguments.retries, 100)
     finite_float("--timeout", arguments.timeout, minimum=0.0, maximum=86_400.0,
                  exclusive_minimum=True)
-    if arguments.backend == "transformers":
+    if arguments.backend in ("transformers", "student"):
         device("--device", arguments.device)

@@ -111,6 +111,7 @@ BACKEND_MODULES = {
     "transformers": "qalign_dsl.judge.backends.transformers",
     "vllm": "qalign_dsl.judge.backends.vllm",
     "openai": "qalign_dsl.judge.backends.openai",
+    "student": "qalign_dsl.judge.backends.student",
 }
 
 

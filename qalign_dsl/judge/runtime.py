@@ -14,6 +14,7 @@ import torch
 from qalign_dsl.ir import Rubric
 from qalign_dsl.judge.backend import Backend, ScoringJob
 from qalign_dsl.judge.cache import AnswerCache
+from qalign_dsl.judge.cascade import Cascade
 from qalign_dsl.judge.labels import label_first_tokens
 from qalign_dsl.judge.normalize import DEFAULT_RULE, RULES, normalize
 from qalign_dsl.judge.prompts import (
@@ -26,6 +27,7 @@ from qalign_dsl.judge.prompts import (
 )
 from qalign_dsl.judge.short_circuit import MODES as SHORT_CIRCUIT_MODES
 from qalign_dsl.judge.short_circuit import ShortCircuit
+from qalign_dsl.judge.spec import JudgeSpec
 
 # A hard limit on one sample's text (prompt + response, in characters), checked before
 # anything is tokenized: beyond any judge's context, and a bound on memory and time.
@@ -51,6 +53,9 @@ class JudgeResult:
     # the reason in `failures`).
     rounds: tuple[int, ...] = ()
     skipped: int = 0
+    # A student with a cascade: answers it gave, and answers it sent to the teacher.
+    student_answers: int = 0
+    escalated: int = 0
 
 
 class Judge:
@@ -58,7 +63,9 @@ class Judge:
 
     def __init__(self, rubric: Rubric | Mapping[str, Any], backend: Backend,
                  cache: AnswerCache | None = None, normalization: str = DEFAULT_RULE,
-                 max_input_chars: int = MAX_INPUT_CHARS, short_circuit: str = "off") -> None:
+                 max_input_chars: int = MAX_INPUT_CHARS, short_circuit: str = "off",
+                 teacher: Judge | None = None, below_confidence: float = 0.8,
+                 thresholds: str = "global") -> None:
         if normalization not in RULES:
             raise ValueError(f"unknown normalisation rule `{normalization}`")
         if short_circuit not in SHORT_CIRCUIT_MODES:
@@ -72,13 +79,30 @@ class Judge:
         self.max_input_chars = max_input_chars
         limit = getattr(backend, "context_limit", None)
         self.context_limit: int | None = limit() if callable(limit) else None
+        # A student (`reads_samples`) answers whole samples: no prompts, no label tokens.
+        # With a cascade `teacher`, what it is unsure of goes to the teacher (cascade.py).
+        self.cascade: Cascade | None = None
+        self.short_circuit: ShortCircuit | None = None
+        if getattr(backend, "reads_samples", False):
+            self.frames, self.specials = [], []
+            self.label_tokens: list[list[int]] = []
+            self.max_labels = max(len(q.labels) for q in self.rubric.questions)
+            self.cascade = Cascade(self.rubric, backend, teacher, below_confidence, thresholds)
+            identity = backend.identity + self.cascade.identity
+            self.fingerprints = [self._fingerprint(q, identity)
+                                 for q in range(len(self.rubric.questions))]
+            if short_circuit == "reward":
+                self.short_circuit = ShortCircuit(self.rubric)
+            return
+        if teacher is not None:
+            raise ValueError("a cascade teacher needs a student backend")
         templates = self.rubric.prompt_program.templates
         renderer = backend.render_chat()
         self.frames = [frame_template(t, renderer) for t in templates]
         self.specials = backend.special_tokens()
         self.max_labels = max(len(q.labels) for q in self.rubric.questions)
         # The label-token check, once per (template, scale): fails fast at load.
-        self.label_tokens: list[list[int]] = []
+        self.label_tokens = []
         checked: dict[tuple[int, str], list[int]] = {}
         for question in self.rubric.questions:
             key = (question.template, question.scale)
@@ -89,11 +113,12 @@ class Judge:
                     answer_separator(templates[question.template]),
                     list(question.labels), question.scale)
             self.label_tokens.append(checked[key])
-        self.fingerprints = [self._fingerprint(q) for q in range(len(self.rubric.questions))]
+        self.fingerprints = [self._fingerprint(q, backend.identity)
+                             for q in range(len(self.rubric.questions))]
         # `reward`: judge in rounds, skipping what cannot change the reward (short_circuit.py).
         self.short_circuit = ShortCircuit(self.rubric) if short_circuit == "reward" else None
 
-    def _fingerprint(self, q: int) -> str:
+    def _fingerprint(self, q: int, identity: str) -> str:
         """What the judge's answer to question q depends on, besides the sample: its full
         prompt program and labels. Pooling changes leave it unchanged, so re-pooling never
         re-judges."""
@@ -104,12 +129,15 @@ class Judge:
             "template": program["templates"][question["template"]],
             "suffix": program["suffixes"][q],
             "labels": question["labels"],
-            "judge": self.backend.identity,
+            "judge": identity,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def score(self, samples: Sequence[Sample],
-              progress: Callable[[int], None] | None = None) -> JudgeResult:
+              progress: Callable[[int], None] | None = None,
+              wanted: Sequence[set[int]] | None = None) -> JudgeResult:
+        """Every question of every sample, or only `wanted[b]` of sample b (the others stay
+        unanswered, with no reason: a cascade asks its teacher for some questions only)."""
         q_count = len(self.rubric.questions)
         probabilities = torch.zeros(len(samples), q_count, self.max_labels)
         answered = torch.zeros(len(samples), q_count, dtype=torch.bool)
@@ -119,6 +147,8 @@ class Judge:
         pending: list[set[int]] = []  # per sample: not answered by the cache
         for b, sample in enumerate(samples):
             keys = sample_keys[b]
+            if wanted is not None:
+                keys = {q: key for q, key in keys.items() if q in wanted[b]}
             known = self.cache.get_many(list(keys.values())) if self.cache is not None else {}
             for q, key in keys.items():
                 if key in known:
@@ -152,6 +182,16 @@ class Judge:
                wanted: list[set[int]], result: JudgeResult) -> None:
         """Judge `wanted[b]` of each sample in one backend call; answers go to `result`
         and the cache."""
+        if self.cascade is not None:
+            answers = self.cascade.answer(samples, wanted, result)
+            for (b, q), answer in answers.items():
+                self._store(result, b, q, answer)
+            if self.cache is not None:
+                learned = {sample_keys[b][q]: answer for (b, q), answer in answers.items()
+                           if not isinstance(answer, str)}
+                if learned:
+                    self.cache.put_many(learned)
+            return
         jobs: list[ScoringJob] = []
         owners: list[tuple[int, list[int]]] = []
         for b, sample in enumerate(samples):
@@ -241,3 +281,22 @@ class Judge:
             return
         result.probabilities[b, q, : len(answer)] = torch.tensor(answer)
         result.answered[b, q] = True
+
+
+def judge_from_spec(rubric: Rubric | Mapping[str, Any], spec: JudgeSpec,
+                    cache: AnswerCache | None = None, api_key: str | None = None,
+                    **options: Any) -> Judge:
+    """The Judge a `JudgeSpec` describes, with its cascade teacher when it has one (the
+    teacher shares the answer cache: its answers are keyed by its own identity)."""
+    from qalign_dsl.judge.backend import build_backend
+
+    teacher = None
+    cascade = spec.cascade
+    if cascade is not None:
+        teacher_options = {k: v for k, v in options.items() if k in ("normalization",
+                                                                      "max_input_chars")}
+        teacher = Judge(rubric, build_backend(cascade.teacher, api_key), cache,
+                        **teacher_options)
+        options = {**options, "teacher": teacher, "below_confidence": cascade.below_confidence,
+                   "thresholds": cascade.thresholds}
+    return Judge(rubric, build_backend(spec, api_key), cache, **options)

@@ -16,19 +16,23 @@ None is also returned where nothing could be scored. Per-principle and per-dimen
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qalign_dsl.evaluate.aggregate import CompiledRubric, Evaluation, Masked
 from qalign_dsl.ir import Rubric
-from qalign_dsl.judge.runtime import Judge, Sample
+from qalign_dsl.judge.runtime import Judge, JudgeResult, Sample
 from qalign_dsl.training.completions import FormatError, completion_text, split_completion
+
+if TYPE_CHECKING:
+    from qalign_dsl.training.audit import RewardAudit
 
 
 class QalignReward:
     __name__ = "qalign"  # TRL names reward columns and metrics after this
 
     def __init__(self, rubric: Rubric | Mapping[str, Any], judge: Judge,
-                 format_penalty: float | None = -1.0, worst_questions: int = 3) -> None:
+                 format_penalty: float | None = -1.0, worst_questions: int = 3,
+                 audit: RewardAudit | None = None) -> None:
         typed = Rubric.of(rubric)
         self.document = typed.document
         self.judge = judge
@@ -37,6 +41,8 @@ class QalignReward:
         self.format_penalty = format_penalty
         self.worst_questions = worst_questions
         self.last_normalized: list[int] = []  # per judged text of the last call
+        # A student judge audited by its teacher (training/audit.py), or None.
+        self.audit = audit
 
     def __call__(self, prompts: list[Any], completions: list[Any],
                  completion_ids: list[list[int]] | None = None,
@@ -73,25 +79,31 @@ class QalignReward:
             return rewards
         # One batched judge call for every draft and revision of the batch.
         result = self.judge.score([s for _, s in drafts] + [s for _, s in revisions])
-        evaluation = self.rubric.evaluate(result.probabilities, result.answered)
         # Invisible or look-alike characters the judge's normalisation took out, per
         # completion: a policy learning to hide text from the judge shows up here.
         self.last_normalized = result.normalized
         if log_metric is not None and result.normalized:
             log_metric("qalign/normalized_chars",
                        sum(result.normalized) / len(result.normalized))
+        if log_metric is not None and result.escalated + result.student_answers:
+            log_metric("qalign/escalated",
+                       result.escalated / (result.escalated + result.student_answers))
         split = len(drafts)
-        revised = _slice(evaluation, split, None)
-        if drafts:
-            drafted = _slice(evaluation, 0, split)
-            if self.rubric.revision is not None:
-                final = self.rubric.revision_reward(drafted.reward, revised.reward)
-            else:
-                final = revised.reward
+        final, drafted, revised = self._pool(result, split)
+        if drafted is not None:
             self._log(log_metric, "draft", drafted)
-        else:
-            final = revised.reward
         self._log(log_metric, "revision" if drafts else "response", revised)
+        if self.audit is not None:
+            def judge_units(judge: Judge, chosen: list[int]) -> tuple[JudgeResult, Masked]:
+                texts = [revisions[i][1] for i in chosen]
+                if drafts:
+                    texts = [drafts[i][1] for i in chosen] + texts
+                taught = judge.score(texts)
+                pooled = self._pool(taught, len(chosen) if drafts else 0)[0]
+                return _rows(taught, len(chosen) if drafts else 0), pooled
+
+            self.audit([s for _, s in revisions], _rows(result, split), final, judge_units,
+                       log_metric)
         values = final.to_list()
         for (index, _), value in zip(revisions, values):
             rewards[index] = value
@@ -102,6 +114,20 @@ class QalignReward:
                 why[index] = text
             log_extra("qalign_why", why)
         return rewards
+
+    def _pool(self, result: JudgeResult, split: int
+              ) -> tuple[Masked, Evaluation | None, Evaluation]:
+        """(final reward, draft evaluation or None, revision evaluation) of a judge result
+        whose first `split` rows are drafts and the rest their revisions."""
+        evaluation = self.rubric.evaluate(result.probabilities, result.answered)
+        revised = _slice(evaluation, split, None)
+        if not split:
+            return revised.reward, None, revised
+        drafted = _slice(evaluation, 0, split)
+        final = revised.reward
+        if self.rubric.revision is not None:
+            final = self.rubric.revision_reward(drafted.reward, revised.reward)
+        return final, drafted, revised
 
     def _log(self, log_metric: Callable[[str, float], None] | None, stage: str,
              evaluation: Evaluation) -> None:
@@ -132,6 +158,11 @@ class QalignReward:
                      for v, i in zip(row_values, row_indices) if v != float("inf")]
             lines.append("; ".join(parts))
         return lines
+
+
+def _rows(result: JudgeResult, start: int) -> JudgeResult:
+    """The rows from `start` on (the revisions) of a judge result: its answers only."""
+    return JudgeResult(result.probabilities[start:], result.answered[start:])
 
 
 def _slice(evaluation: Evaluation, start: int, stop: int | None) -> Evaluation:

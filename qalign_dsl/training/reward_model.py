@@ -94,16 +94,21 @@ def build_reward_functions(config: TrainingConfig, document: dict[str, Any] | No
     functions: list[Any] = []
     for spec in config.rewards:
         if spec.kind == "rubric":
-            from qalign_dsl.judge.backend import build_backend
-            from qalign_dsl.judge.runtime import Judge
+            from qalign_dsl.judge.runtime import judge_from_spec
             from qalign_dsl.training.reward import QalignReward
 
             assert document is not None
             assert config.judge is not None  # load_config requires a judge for the rubric
-            backend = build_backend(config.judge)
-            judge = Judge(document, backend, short_circuit=config.judge.short_circuit)
+            judge = judge_from_spec(document, config.judge,
+                                    short_circuit=config.judge.short_circuit)
+            audit = None
+            if config.judge.audit is not None:
+                from qalign_dsl.training.audit import RewardAudit
+
+                audit = RewardAudit(document, config.judge.audit, config.output_dir,
+                                    seed=int(config.trainer.get("seed", 0)))
             reward = QalignReward(document, judge,
-                                  format_penalty=config.format_penalty)
+                                  format_penalty=config.format_penalty, audit=audit)
             if spec.name != "qalign":
                 reward.__name__ = spec.name
             functions.append(reward)

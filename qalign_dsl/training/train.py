@@ -305,6 +305,12 @@ def run_training(config: TrainingConfig, resume: bool = False, quiet: bool = Fal
             callback.attach(trainer)
         else:
             trainer.add_callback(callback)
+    audits = [f.audit for f in functions if getattr(f, "audit", None) is not None] \
+        if config.stage == "grpo" else []
+    if audits:  # `stop_on_gap`: the trainer stops at the step's end, and saves as usual
+        from qalign_dsl.training.audit import AuditStopCallback
+
+        trainer.add_callback(AuditStopCallback(audits).callback)
     if quiet:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
