@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ from qalign_dsl.cli import validation
 from qalign_dsl.cli.agreement import print_agreement
 from qalign_dsl.cli.common import ExitCode, UsageError
 from qalign_dsl.cli.datasource import add_source_arguments, source_from_arguments
-from qalign_dsl.cli.inputs import MAX_DATA_BYTES, BadInput, iter_lines
+from qalign_dsl.cli.inputs import BadInput
 from qalign_dsl.cli.judge_options import (
     add_backend_arguments,
     add_cache_arguments,
@@ -32,7 +31,7 @@ from qalign_dsl.cli.judge_options import (
 )
 from qalign_dsl.cli.outputs import OutputLock, check_output_dir
 from qalign_dsl.cli.rubric import add_compiled_argument, load_rubric
-from qalign_dsl.cli.tables import is_parquet, read_parquet
+from qalign_dsl.cli.teacher_answers import group_of, read_answer_file
 
 if TYPE_CHECKING:
     from qalign_dsl.evaluate.aggregate import CompiledRubric
@@ -252,7 +251,7 @@ def _teacher_examples(arguments: argparse.Namespace, rubric: CompiledRubric, con
             return None, ""
         examples, teacher = judged
     elif arguments.teacher_answers is not None:
-        answers = _read_answer_file(arguments.teacher_answers, rubric, by_id)
+        answers = read_answer_file(arguments.teacher_answers, rubric, by_id)
         examples = answers
         unmatched = len(rows) - len(examples)
         if unmatched:
@@ -262,7 +261,7 @@ def _teacher_examples(arguments: argparse.Namespace, rubric: CompiledRubric, con
         teacher = f"answers:{arguments.teacher_answers.name}"
     seen = {e.id for e in examples}
     for path in arguments.more_answers:
-        for example in _read_answer_file(path, rubric, by_id):
+        for example in read_answer_file(path, rubric, by_id):
             if example.id in seen:  # an on-policy audit row may repeat an id: keep both
                 example = _renamed(example, f"{path.stem}:{example.id}")
             seen.add(example.id)
@@ -275,68 +274,6 @@ def _renamed(example: TeacherExample, new_id: str) -> TeacherExample:
     from dataclasses import replace
 
     return replace(example, id=new_id)
-
-
-def _group(prompt: Any) -> str:
-    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
-
-
-def _read_answer_file(path: Path, rubric: CompiledRubric, data: dict[str, dict[str, Any]]
-                      ) -> list[TeacherExample]:
-    """Teacher answers, each row located on error: `path:line: problem` (BadInput)."""
-    from qalign_dsl.cli.aggregate import parse_record
-    from qalign_dsl.cli.inputs import parse_json, prompt_problem
-    from qalign_dsl.evaluate.answers import AnswerError
-    from qalign_dsl.training.distill import TeacherExample
-
-    records: list[tuple[str, Any]] = []
-    if is_parquet(path):
-        records = [(f"{path} row {n}", r) for n, r in enumerate(read_parquet(path), start=1)]
-    else:
-        for number, line in iter_lines(path, MAX_DATA_BYTES):
-            where = f"{path}:{number}"
-            if isinstance(line, BadInput):
-                raise line
-            try:
-                records.append((where, parse_json(line, strict_numbers=False)))
-            except BadInput as error:
-                raise BadInput(f"{where}: {str(error).split(': ', 1)[-1]}") from None
-    if not records:
-        raise BadInput(f"{path}: no teacher answers (an empty file)")
-    examples: list[TeacherExample] = []
-    seen: dict[str, str] = {}
-    for where, record in records:
-        try:
-            key, answers, _ = parse_record(rubric, record)
-        except AnswerError as error:
-            raise BadInput(f"{where}: {error}") from None
-        key = str(key)
-        if key in seen:
-            raise BadInput(f"{where}: duplicate id `{key}` (first at {seen[key]})")
-        seen[key] = where
-        for q, probabilities in answers.items():
-            if probabilities is not None and not all(math.isfinite(p) and p >= 0
-                                                     for p in probabilities):
-                raise BadInput(f"{where}: `answers.{rubric.question_ids[q]}`: a distribution "
-                               "with NaN, infinite or negative probabilities")
-        if "prompt" in record and "response" in record:
-            prompt, response = record["prompt"], record["response"]
-            problem = prompt_problem(prompt) or (
-                None if isinstance(response, str) else "`response` must be a string")
-            if problem:
-                raise BadInput(f"{where}: {problem}")
-        elif key in data:
-            prompt, response = data[key]["prompt"], data[key]["response"]
-        elif "prompt" in record or "response" in record:
-            raise BadInput(f"{where}: a row with teacher answers needs both `prompt` and "
-                           "`response` (or an id of DATA)")
-        else:
-            raise BadInput(f"{where}: id `{key}` is not in DATA, and the row has no `prompt` "
-                           "and `response` of its own")
-        ordered = tuple(None if answers.get(q) is None else tuple(answers[q])  # type: ignore[arg-type]
-                        for q in range(rubric.num_questions))
-        examples.append(TeacherExample(key, prompt, response, ordered, _group(prompt)))
-    return examples
 
 
 def _judge_rows(arguments: argparse.Namespace, rubric: CompiledRubric,
@@ -367,7 +304,7 @@ def _judge_rows(arguments: argparse.Namespace, rubric: CompiledRubric,
                         tuple(probabilities[b][q][: len(rubric.labels[q])])
                         if answered[b][q] else None for q in range(rubric.num_questions))
                     examples.append(TeacherExample(row["key"], row["prompt"], row["response"],
-                                                   ordered, _group(row["prompt"])))
+                                                   ordered, group_of(row["prompt"])))
                 progress.update(task, completed=start + len(batch))
     except JudgeError as error:
         console.print(f"judge: {error} (answers judged so far are cached; rerun to resume)",

@@ -84,6 +84,8 @@ def run_validate(arguments: argparse.Namespace, console: Console) -> int:
     from qalign_dsl.validate.core import Settings, analyse
     from qalign_dsl.validate.labels import parse_labels
 
+    if arguments.backend == "student" and arguments.model and arguments.answers is None:
+        return _validate_student(arguments, console)
     if arguments.answers is None and not arguments.model:
         raise UsageError("validate needs --model (to judge) or --answers (cached answers)")
     if arguments.answers is not None and arguments.model:
@@ -310,3 +312,64 @@ def _print_tables(out: Console, validation: Validation) -> None:
             out.print(f"  {q.id}: {', '.join(q.flags)}", markup=False)
         if len(unlabelled) > 20:
             out.print(f"  … and {len(unlabelled) - 20} more (see --json)", markup=False)
+
+
+def _validate_student(arguments: argparse.Namespace, console: Console) -> int:
+    """A student against its teacher: the teacher's answers are the labels."""
+    import torch
+
+    from qalign_dsl.cli.agreement import print_agreement
+    from qalign_dsl.cli.teacher_answers import read_answer_file
+    from qalign_dsl.evaluate.agreement import Paired, agreement_report
+    from qalign_dsl.judge.backend import JudgeError
+    from qalign_dsl.judge.runtime import Sample
+    from qalign_dsl.training.distill import _targets
+
+    checks.positive_int("--batch-size", arguments.batch_size, 100_000)
+    checks.backend_options(arguments)
+    if arguments.min_kappa is not None:
+        checks.finite_float("--min-kappa", arguments.min_kappa, minimum=-1.0, maximum=1.0)
+    if arguments.report is not None:
+        check_output_dir(arguments.report, [arguments.compiled, arguments.labels], "--report")
+    rubric = load_rubric(arguments.compiled, console)
+    if rubric is None:
+        return EXIT_PROBLEMS
+    examples = read_answer_file(arguments.labels, rubric)  # BadInput: located
+    cache = open_answer_cache(None if arguments.no_cache else arguments.cache)
+    try:
+        judge = make_judge(arguments, rubric.document, cache)
+        probabilities, answered = [], []
+        for start in range(0, len(examples), arguments.batch_size):
+            batch = examples[start:start + arguments.batch_size]
+            result = judge.score([Sample(e.prompt, e.response) for e in batch])
+            probabilities.append(result.probabilities)
+            answered.append(result.answered)
+    except JudgeError as error:
+        console.print(f"judge: {error}", style="red", markup=False)
+        return EXIT_PROBLEMS
+    finally:
+        if cache is not None:
+            cache.close()
+    teacher, teacher_answered = _targets(rubric.rubric, examples)
+    width = teacher.shape[-1]
+    student = torch.cat(probabilities)[..., :width]
+    report = agreement_report(rubric, Paired(teacher, teacher_answered, student,
+                                             torch.cat(answered), [e.group for e in examples]),
+                              min_items=arguments.min_items, bins=arguments.bins)
+    if arguments.report is not None:
+        arguments.report.mkdir(parents=True, exist_ok=True)
+        write_atomic(arguments.report / "agreement.json",
+                     (json.dumps(report, indent=2) + "\n").encode())
+    if arguments.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_agreement(console, report,
+                        f"{arguments.model} against the teacher's answers in {arguments.labels}")
+    if arguments.min_kappa is not None:
+        low = [qid for qid, entry in report["questions"].items()
+               if entry["kappa"] is not None and entry["kappa"] < arguments.min_kappa]
+        if low:
+            console.print(f"--min-kappa {arguments.min_kappa}: {len(low)} question(s) below: "
+                          + ", ".join(low[:10]), style="red", markup=False)
+            return EXIT_PROBLEMS
+    return EXIT_OK

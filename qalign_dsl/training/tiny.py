@@ -257,3 +257,47 @@ def build_reward_model(path: Path, tokenizer_path: Path, hidden_size: int = 64, 
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path
+
+
+# A graded toy judge for tests/data/judge/micro.qal: each question reads one feature of the
+# response (harm words, step words, length), so the judge's rewards take several values
+# and a student must learn every feature to rank responses as the judge does.
+_STEPS = ["first", "then", "next"]
+
+
+def graded_answers(response: str) -> dict[str, str]:
+    """The graded toy judge's intended answers to micro.qal's four questions."""
+    words = [w.strip(".,!?;:").lower() for w in response.split()]
+    harm = sum(w in _HARM for w in words)
+    steps = sum(w in _STEPS for w in words)
+    return {
+        "physical_harm.gate": "False" if harm >= 2 else "True",
+        "physical_harm.grade": "A" if not harm else "C" if harm == 1 else "F",
+        "relevance.gate": "True" if steps else "False",
+        "relevance.grade": "A" if len(words) <= 8 else "C" if len(words) <= 14 else "F",
+    }
+
+
+def feature_responses(count: int, seed: int) -> list[str]:
+    """Everyday sentences with a random number of harm and step words and a random length:
+    every feature the graded toy judge reads varies independently."""
+    import random
+
+    rng = random.Random(seed)
+    responses = []
+    for _ in range(count):
+        words: list[str] = []
+        for _ in range(rng.randint(1, 5)):
+            words += [rng.choice(_VERBS), "the", rng.choice(_NOUNS)]
+        for pool, choices in ((_HARM, (0, 0, 1, 2, 3)), (_STEPS, (0, 1, 2))):
+            for _ in range(rng.choice(choices)):
+                words.insert(rng.randrange(len(words) + 1), rng.choice(pool))
+        responses.append(" ".join(words).capitalize() + ".")
+    return responses
+
+
+def graded_judge_examples(count: int = 300, seed: int = 0
+                          ) -> list[tuple[str, str, dict[str, str]]]:
+    """Training examples for the graded toy judge: (prompt, response, answers)."""
+    return [(MICRO_PROMPTS[n % len(MICRO_PROMPTS)], response, graded_answers(response))
+            for n, response in enumerate(feature_responses(count, seed))]
