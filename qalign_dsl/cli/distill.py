@@ -94,6 +94,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     training.add_argument("--agreement-target", type=float, default=0.95,
                           help="held-out agreement each question's learned cascade threshold "
                           "aims for (default: %(default)s)")
+    training.add_argument("--temperature", type=float, default=2.0,
+                          help="distillation temperature: >1 teaches the order of the "
+                          "teacher's confident answers, not only their top label (default: "
+                          "%(default)s)")
     training.add_argument("--lora-r", type=int, metavar="R",
                           help="train LoRA adapters of rank R (peft) instead of every weight; "
                           "merged into the saved student")
@@ -140,7 +144,8 @@ def run_distill(arguments: argparse.Namespace, console: Console) -> int:
             max_length=arguments.max_length, min_answers=arguments.min_answers,
             agreement_target=arguments.agreement_target,
             checkpoint_every=arguments.checkpoint_every, device=arguments.student_device,
-            lora=_lora(arguments), bootstrap=arguments.bootstrap)
+            lora=_lora(arguments), bootstrap=arguments.bootstrap,
+            temperature=arguments.temperature)
         state = arguments.output.with_name(f".{arguments.output.name}.distill-state")
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
@@ -200,6 +205,8 @@ def _check_arguments(arguments: argparse.Namespace) -> None:
         validation.positive_int("--lora-r", arguments.lora_r, 100_000)
     validation.finite_float("--learning-rate", arguments.learning_rate, minimum=0.0)
     validation.finite_float("--weight-decay", arguments.weight_decay, minimum=0.0)
+    validation.finite_float("--temperature", arguments.temperature, minimum=0.0,
+                            exclusive_minimum=True, maximum=100.0)
     if not 0.0 <= arguments.heldout < 1.0:
         raise UsageError(f"--heldout must be within [0, 1), got {arguments.heldout}")
     if not 0.0 < arguments.agreement_target <= 1.0:

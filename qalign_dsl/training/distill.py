@@ -78,6 +78,7 @@ class DistillSettings:
     device: str = "cpu"
     lora: dict[str, Any] | None = None  # peft LoraConfig settings (merged before saving)
     bootstrap: int = 200
+    temperature: float = 2.0  # distillation temperature (soft_loss)
 
     def fingerprint(self) -> str:
         settings = asdict(self)
@@ -151,12 +152,24 @@ def _unflat(meta: StudentMeta, flat: torch.Tensor, width: int) -> torch.Tensor:
     return out
 
 
+def soften(meta: StudentMeta, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The teacher's distributions at a temperature: softmax(log p / T) within each head.
+    A confident judge's 0.9990 and 0.9995 differ little as probabilities and much as
+    log-probabilities; softening lets the student learn that ordering (Hinton et al.'s
+    distillation temperature), which GRPO's within-group advantages depend on."""
+    if temperature == 1.0:
+        return targets
+    # Answers are written with 6 decimals: a 0.0 stands for "below 5e-7".
+    return head_log_softmax(torch.log(targets.clamp(min=5e-7)) / temperature, meta).exp()
+
+
 def soft_loss(meta: StudentMeta, logits: torch.Tensor, targets: torch.Tensor,
-              answered: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against the teacher's distributions, averaged over answered
-    (sample, question) pairs; unanswered ones contribute nothing."""
-    log_probabilities = head_log_softmax(logits.float(), meta)
-    per_column = -(targets * log_probabilities)
+              answered: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy against the teacher's distributions (softened by `temperature`, the
+    student's logits by the same; scaled by T² as usual), averaged over answered (sample,
+    question) pairs; unanswered ones contribute nothing."""
+    log_probabilities = head_log_softmax(logits.float() / temperature, meta)
+    per_column = -(soften(meta, targets, temperature) * log_probabilities) * temperature ** 2
     losses = torch.stack([per_column[:, h.offset: h.offset + len(h.labels)].sum(-1)
                           for h in meta.heads], dim=-1)  # [N, Q]
     mask = answered.float()
@@ -310,7 +323,8 @@ def distill(rubric: Rubric, examples: Sequence[TeacherExample], settings: Distil
         epoch_batches = batches(order)
         while position < len(epoch_batches):
             rows = epoch_batches[position]
-            loss = soft_loss(meta, run(rows).cpu(), flat_targets[rows], answered[rows])
+            loss = soft_loss(meta, run(rows).cpu(), flat_targets[rows], answered[rows],
+                             settings.temperature)
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -412,3 +426,30 @@ def _write_student(model: Any, tokenizer: Any, meta: StudentMeta, output: Path,
         shutil.rmtree(building, ignore_errors=True)
         raise
 
+
+
+def save_untrained_student(rubric: Rubric, base: str, output: Path, seed: int = 0) -> Path:
+    """A student with a fresh head and no training (benchmarks time it: the cost of a pass
+    does not depend on what the weights learned). Never a substitute for `distill`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    heads = heads_for(rubric)
+    meta = StudentMeta(rubric_hash=rubric.hash, heads=heads, teacher="none (untrained)",
+                       data_hash="", base=base, max_length=context_of(tokenizer, _config(base)),
+                       input_format=input_format_of(tokenizer))
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=meta.num_labels, id2label=meta.id2label(),
+        label2id={v: k for k, v in meta.id2label().items()},
+        pad_token_id=tokenizer.pad_token_id, ignore_mismatched_sizes=True)
+    _write_student(model, tokenizer, meta, output, [], rubric, [])
+    return output
+
+
+def _config(base: str) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(base)
