@@ -94,7 +94,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     training.add_argument("--agreement-target", type=float, default=0.95,
                           help="held-out agreement each question's learned cascade threshold "
                           "aims for (default: %(default)s)")
-    training.add_argument("--temperature", type=float, default=2.0,
+    training.add_argument("--temperature", type=float, default=1.0,
                           help="distillation temperature: >1 teaches the order of the "
                           "teacher's confident answers, not only their top label (default: "
                           "%(default)s)")

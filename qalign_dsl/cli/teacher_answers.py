@@ -67,11 +67,11 @@ def read_answer_file(path: Path, rubric: CompiledRubric,
                 None if isinstance(response, str) else "`response` must be a string")
             if problem:
                 raise BadInput(f"{where}: {problem}")
-        elif key in data:
-            prompt, response = data[key]["prompt"], data[key]["response"]
         elif "prompt" in record or "response" in record:
             raise BadInput(f"{where}: a row with teacher answers needs both `prompt` and "
-                           "`response` (or an id of DATA)")
+                           "`response`, or neither (then its id names a row of DATA)")
+        elif key in data:
+            prompt, response = data[key]["prompt"], data[key]["response"]
         else:
             raise BadInput(f"{where}: id `{key}` is not in DATA, and the row has no `prompt` "
                            "and `response` of its own")

@@ -234,6 +234,17 @@ def load_config(path: Path, stage: str, check_paths: bool = True) -> TrainingCon
                 config.model = str(_resolve(base, value))
             else:
                 judge["model"] = str(_resolve(base, value))
+    for section in ("cascade", "audit"):  # their teacher judges, relative to the recipe too
+        settings = judge.get(section)
+        teacher = settings.get("teacher") if isinstance(settings, dict) else None
+        value = teacher.get("model") if isinstance(teacher, dict) else None
+        if check_paths and isinstance(settings, dict) and isinstance(teacher, dict) \
+                and isinstance(value, str) and value and _looks_local(value):
+            if not _resolve(base, value).exists():
+                raise ConfigError(f"{path}: judge.{section}.teacher.model: model path "
+                                  f"`{value}` does not exist" + _resolved_from(base, value))
+            judge[section] = {**settings,
+                              "teacher": {**teacher, "model": str(_resolve(base, value))}}
     for index, spec in enumerate(config.rewards):
         if check_paths and spec.model and _looks_local(spec.model):
             resolved = _resolve(base, spec.model)

@@ -78,7 +78,7 @@ class DistillSettings:
     device: str = "cpu"
     lora: dict[str, Any] | None = None  # peft LoraConfig settings (merged before saving)
     bootstrap: int = 200
-    temperature: float = 2.0  # distillation temperature (soft_loss)
+    temperature: float = 1.0  # distillation temperature (soft_loss)
 
     def fingerprint(self) -> str:
         settings = asdict(self)
@@ -309,7 +309,8 @@ def distill(rubric: Rubric, examples: Sequence[TeacherExample], settings: Distil
         with torch.no_grad():
             for rows in batches(held_rows):
                 mask = answered[rows]
-                loss = soft_loss(meta, run(rows).cpu(), flat_targets[rows], mask)
+                loss = soft_loss(meta, run(rows).cpu(), flat_targets[rows], mask,
+                                 settings.temperature)
                 total += float(loss) * float(mask.sum())
                 weight += float(mask.sum())
         model.train()
