@@ -44,8 +44,9 @@ METRICS = ("audit/agreement", "audit/reward_corr", "audit/reward_gap",
            "audit/reward_gap_window", "audit/samples")
 
 
-class RewardHackingWarning(UserWarning):
-    """The student's reward runs ahead of the teacher's on the policy's own completions."""
+class RewardHackingWarning(Warning):
+    """The student's reward runs ahead of the teacher's on the policy's own completions (not a
+    UserWarning: `qalc train` silences those, and this one must be seen)."""
 
 
 @dataclass
