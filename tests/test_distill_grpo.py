@@ -10,8 +10,8 @@ Calibration on this CPU (seed 0; tests/test_learning.py's policy and GRPO settin
 teacher's mean reward of the audited completions goes from 0.50 over the first 5 steps to
 0.95 over the last 10; the audit's windowed gap stays between −0.43 and 0.0 (the student
 is stricter than the teacher on the policy's own text, never kinder). The under-trained
-student's windowed gap is +0.23 after two audited steps and +0.48 after three, and the run
-stops there.
+student's gap is +0.23 at the first audited step and its two-step window +0.48 at the
+second, where the run stops.
 """
 
 from __future__ import annotations
