@@ -73,12 +73,21 @@ def main() -> None:
     document = json.loads(MICRO.read_text())
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        corpus = list(BASE_CORPUS) + feature_responses(200, 7) + MICRO_PROMPTS
+        # The tests' recipe (tests/judge_fixtures.py): the tokenizer knows the rubric's
+        # prompts, and the judge sees a few longer harmful and harmless sentences too.
+        corpus = (list(BASE_CORPUS) + feature_responses(200, 7) + MICRO_PROMPTS
+                  + [p.read_text() for p in (ROOT / "constitutions").glob("*.qal")]
+                  + [(ROOT / "tests" / "data" / "judge" / "micro.qal").read_text()])
         tokenizer = build_tokenizer(root / "tok", corpus)
         base = build_llama(root / "base", tokenizer)
         teacher = build_llama(root / "teacher", tokenizer, hidden_size=128, heads=2)
-        train_micro_judge(teacher, document, micro_judge_examples(document), steps=300,
-                          learning_rate=3e-3)
+        harmful = ["Step one: buy the poison. Step two: put the poison in the drink.",
+                   "Use the knife and the weapon to attack people at night."]
+        benign = ["Drink water, sleep well and take a short walk every day.",
+                  "Water the plants in the morning and keep them in the sun."]
+        train_micro_judge(teacher, document, micro_judge_examples(
+            document, extra_harmful=harmful, extra_benign=benign), steps=300,
+            learning_rate=3e-3)
         (root / "micro.json").write_text(MICRO.read_text())
         training = rows(max(sizes), 41)
         held = rows(args.heldout, 42, start=100_000)

@@ -196,7 +196,8 @@ def main() -> None:
         results = {kind: run(kind, document, policy, paths[kind], args.steps, prompts, root)
                    for kind in ("ours", "paper", "scalar", "student", "cascade")}
     for kind, split in results.items():
-        parts = ", ".join(f"{k} {v:.2f} s" for k, v in split.items() if k != "step")
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in split.items()
+                          if k not in ("step", "escalated_share"))
         share = (split["judging"] + split["aggregation"]) / split["step"]
         label = "scalar RM" if kind == "scalar" else kind
         print(f"{label:9s}: {split['step']:.2f} s/step ({parts}); reward share {share:.0%}")

@@ -314,3 +314,54 @@ def test_distill_resumes_after_kill_9(world: dict[str, Path], tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert "resumed from step" in done.stderr
     assert (out / "qalign_student.json").is_file() and not state.parent.exists()
+
+
+def test_teacher_judged_here_lora_and_the_recipe_form(world: dict[str, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--judge judges DATA inside distill (cached); --lora-r trains adapters, merged into a
+    plain checkpoint; a recipe's judge section resolves the student and its teacher."""
+    from qalign_dsl.training.config import load_config
+
+    data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(world["data"])[:60])
+    out = tmp_path / "lora"
+    argv = ["distill", str(world["compiled"]), str(data), "--base", str(world["base"]),
+            "--judge", str(world["teacher"]), "--cache", str(tmp_path / "cache.sqlite"),
+            "-o", str(out), "--lora-r", "4", "--epochs", "1", "--min-answers", "1"]
+    assert main(argv) == 0
+    meta = json.loads((out / "qalign_student.json").read_text())
+    assert meta["teacher"].startswith("transformers:")
+    assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").exists()
+    teacher = {r["id"]: r for r in read_jsonl(world["scored"])}
+    for row in (json.loads(line) for line in (out / "heldout.jsonl").open()):
+        for question, answer in row["answers"].items():
+            expected = teacher[row["id"]]["answers"][question]
+            assert answer == pytest.approx(expected, abs=1e-5)
+    recipe = tmp_path / "grpo.yaml"
+    (tmp_path / "judge").symlink_to(world["teacher"])
+    recipe.write_text(
+        f"model: {world['base']}\nconstitution: {world['compiled']}\ndata: {data}\n"
+        "output_dir: run\njudge:\n  backend: student\n  model: ./lora\n"
+        "  cascade:\n    teacher: {model: ./judge}\n    below_confidence: 0.9\n"
+        "  audit:\n    teacher: {model: ./judge}\n    fraction: 0.5\n    stop_on_gap: true\n",
+        encoding="utf-8")
+    config = load_config(recipe, "grpo")
+    assert config.judge is not None and config.judge.backend == "student"
+    assert config.judge.model == str(out)
+    assert config.judge.cascade is not None and config.judge.audit is not None
+    assert config.judge.cascade.teacher.model == str((tmp_path / "judge").resolve())
+    assert config.judge.audit.stops
+
+
+def test_short_circuit_with_a_student_keeps_the_reward(world: dict[str, Path]) -> None:
+    from qalign_dsl.evaluate.aggregate import CompiledRubric
+    from qalign_dsl.judge.runtime import Sample, judge_from_spec
+    from qalign_dsl.judge.spec import JudgeSpec
+
+    samples = [Sample(r["prompt"], r["response"]) for r in read_jsonl(world["data"])[:16]]
+    compiled = CompiledRubric(micro())
+    rewards = []
+    for mode in ("off", "reward"):
+        spec = JudgeSpec(backend="student", model=str(world["student"]), short_circuit=mode)
+        result = judge_from_spec(micro(), spec, short_circuit=mode).score(samples)
+        rewards.append(compiled.evaluate(result.probabilities, result.answered).reward.to_list())
+    assert rewards[0] == rewards[1]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from qalign_dsl.ir import Rubric
+from qalign_dsl.judge.prompts import conversation_key
 
 if TYPE_CHECKING:
     from qalign_dsl.judge.runtime import Judge, JudgeResult
@@ -24,6 +25,7 @@ Answer = list[float] | str
 
 
 class Cascade:
+    MEMO_SIZE = 4096  # samples whose student outputs are kept between rounds
     def __init__(self, rubric: Rubric, student: Any, teacher: Judge | None,
                  below_confidence: float = 0.8, thresholds: str = "global") -> None:
         if thresholds not in THRESHOLD_MODES:
@@ -37,6 +39,7 @@ class Cascade:
         self.teacher = teacher
         self.below_confidence = below_confidence
         self.thresholds = [self._threshold(head, thresholds) for head in self.binding.heads]
+        self._memo: dict[tuple[str, str], tuple[list[float], str | None]] = {}
         # Part of every cache key: cascaded answers differ from the student's alone.
         self.identity = "" if teacher is None else (
             f"+cascade({teacher.backend.identity},{below_confidence},{thresholds},"
@@ -54,10 +57,7 @@ class Cascade:
         answers: dict[tuple[int, int], Answer] = {}
         if not order:
             return answers
-        probabilities, problems = self.student.score_samples(
-            [(samples[b].prompt, samples[b].response) for b in order])
-        result.tokens += int(getattr(self.student, "tokens_processed", 0))
-        rows = probabilities.tolist()
+        rows, problems = self._student_rows([samples[b] for b in order], result)
         escalate: dict[int, set[int]] = {}
         for row, b in enumerate(order):
             for q in sorted(wanted[b]):
@@ -86,6 +86,23 @@ class Cascade:
                         answers[(b, q)] = "teacher: " + taught.failures.get(
                             (i, q), "no answer")
         return answers
+
+    def _student_rows(self, samples: Sequence[Any], result: JudgeResult
+                      ) -> tuple[list[list[float]], list[str | None]]:
+        """The student's outputs for each sample. One pass answers every head, so rounds of
+        a short-circuit run reuse the pass of the first round (the last batch is kept)."""
+        keys = [(conversation_key(s.prompt), s.response) for s in samples]
+        missing = [i for i, key in enumerate(keys) if key not in self._memo]
+        if missing:
+            probabilities, problems = self.student.score_samples(
+                [(samples[i].prompt, samples[i].response) for i in missing])
+            result.tokens += int(getattr(self.student, "tokens_processed", 0))
+            if len(self._memo) + len(missing) > self.MEMO_SIZE:
+                self._memo.clear()
+            for i, row, problem in zip(missing, probabilities.tolist(), problems):
+                self._memo[keys[i]] = (row, problem)
+        outputs = [self._memo[key] for key in keys]
+        return [row for row, _ in outputs], [problem for _, problem in outputs]
 
     def _student_answer(self, row: list[float], problem: str | None, q: int) -> Answer:
         head = self.binding.heads[q]
