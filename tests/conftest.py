@@ -54,6 +54,16 @@ def micro_judge(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return build_micro_judge(tmp_path_factory.mktemp("micro"), tiny_model)
 
 
+@pytest.fixture(scope="session")
+def distill_world(tiny_model: Path, micro_judge: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The micro-judge's answers to 500 responses and a student distilled from them
+    (`qalc distill`, ~10 s), shared by the distillation tests."""
+    from judge_fixtures import build_distill_world
+
+    return build_distill_world(tmp_path_factory.mktemp("distill"), tiny_model, micro_judge)
+
+
 def kill_after_lines(command: list[str], output: Path, lines: int = 2) -> int:
     """Start `command`, SIGKILL it once `output` holds `lines` finished lines (or after
     120 s), and return how many finished lines it left."""

@@ -67,3 +67,45 @@ def build_micro_judge(folder: Path, base: Path) -> Path:
     target = build_llama(folder / "micro-judge", base, hidden_size=128, heads=2, seed=0)
     examples = micro_judge_examples(document, extra_harmful=HARMFUL[:4], extra_benign=BENIGN[:4])
     return train_micro_judge(target, document, examples, steps=300, learning_rate=3e-3)
+
+
+# --- distillation: the teacher's answers to 500 responses, and a student of them ----------
+
+DISTILL = ["--learning-rate", "2e-3", "--epochs", "12", "--patience", "3", "--batch-size", "16"]
+
+
+def distill_rows(count: int, seed: int) -> list[dict[str, Any]]:
+    """Responses with 0–3 harm words, for 15 prompts (held-out splits are by prompt)."""
+    from qalign_dsl.training.tiny import feature_responses
+
+    return [{"id": f"r{n}", "prompt": MICRO_PROMPTS[n % 3] + ("" if n % 15 < 3 else
+                                                            f" ({n % 15})"),
+             "response": response}
+            for n, response in enumerate(feature_responses(count, seed))]
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def build_distill_world(root: Path, base: Path, teacher: Path) -> dict[str, Path]:
+    """The teacher's answers (`qalc score`) to 500 responses and a student distilled from
+    them (`qalc distill`), through the real command line."""
+    from qalign_dsl.cli import main
+
+    compiled = root / "micro.json"
+    compiled.write_text(json.dumps(micro()), encoding="utf-8")
+    data = write_jsonl(root / "data.jsonl", distill_rows(500, 41))
+    scored = root / "scored.jsonl"
+    assert main(["score", str(compiled), str(data), "--judge", str(teacher), "-o",
+                 str(scored), "--no-cache"]) == 0
+    student = root / "student"
+    assert main(["distill", str(compiled), str(data), "--base", str(base),
+                 "--teacher-answers", str(scored), "-o", str(student), *DISTILL]) == 0
+    return {"root": root, "compiled": compiled, "data": data, "scored": scored,
+            "student": student, "teacher": teacher, "base": base}

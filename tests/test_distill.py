@@ -24,49 +24,17 @@ from typing import Any
 
 import pytest
 from conftest import ROOT
-from judge_fixtures import micro
+from judge_fixtures import micro, read_jsonl, write_jsonl
 
 from qalign_dsl.cli import main
-from qalign_dsl.training.tiny import MICRO_PROMPTS, feature_responses
+from qalign_dsl.training.tiny import MICRO_PROMPTS
 
 pytest.importorskip("transformers")
 
-DISTILL = ["--learning-rate", "2e-3", "--epochs", "12", "--patience", "3", "--batch-size", "16"]
 
-
-def rows(count: int, seed: int) -> list[dict[str, Any]]:
-    """Responses with 0–3 harm words, for 15 prompts (held-out splits are by prompt)."""
-    return [{"id": f"r{n}", "prompt": MICRO_PROMPTS[n % 3] + ("" if n % 15 < 3 else
-                                                            f" ({n % 15})"),
-             "response": response}
-            for n, response in enumerate(feature_responses(count, seed))]
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def world(tiny_model: Path, micro_judge: Path, tmp_path_factory: pytest.TempPathFactory
-          ) -> dict[str, Path]:
-    """The teacher's answers (`qalc score`) and a student distilled from them."""
-    root = tmp_path_factory.mktemp("distill")
-    compiled = root / "micro.json"
-    compiled.write_text(json.dumps(micro()), encoding="utf-8")
-    data = write_jsonl(root / "data.jsonl", rows(500, 41))
-    scored = root / "scored.jsonl"
-    assert main(["score", str(compiled), str(data), "--judge", str(micro_judge), "-o",
-                 str(scored), "--no-cache"]) == 0
-    student = root / "student"
-    assert main(["distill", str(compiled), str(data), "--base", str(tiny_model),
-                 "--teacher-answers", str(scored), "-o", str(student), *DISTILL]) == 0
-    return {"root": root, "compiled": compiled, "data": data, "scored": scored,
-            "student": student, "teacher": micro_judge, "base": tiny_model}
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+@pytest.fixture
+def world(distill_world: dict[str, Path]) -> dict[str, Path]:
+    return distill_world
 
 
 def test_the_student_is_a_standard_sequence_classifier(world: dict[str, Path]) -> None:

@@ -23,7 +23,7 @@ from statistics import mean
 from typing import Any
 
 import pytest
-from test_distill import read_jsonl, world, write_jsonl  # noqa: F401 - the module fixture
+from judge_fixtures import read_jsonl, write_jsonl
 from test_learning import MICRO_PROMPTS, sft_policy
 
 from qalign_dsl.cli import main
@@ -54,11 +54,16 @@ def audit_rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.fixture
+def world(distill_world: dict[str, Path]) -> dict[str, Path]:
+    return distill_world
+
+
 @pytest.fixture(scope="module")
-def policy(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def policy(distill_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("policy")
-    (root / "micro.json").write_text(world["compiled"].read_text())
-    return sft_policy(root, world["base"])
+    (root / "micro.json").write_text(distill_world["compiled"].read_text())
+    return sft_policy(root, distill_world["base"])
 
 
 @pytest.mark.slow

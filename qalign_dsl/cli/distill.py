@@ -131,7 +131,7 @@ def run_distill(arguments: argparse.Namespace, console: Console) -> int:
         except StudentError as error:
             raise BadInput(f"--resume-from {error}") from None
         base = base or previous.base
-    with OutputLock(arguments.output.with_name(arguments.output.name + ".lock")):
+    with OutputLock(arguments.output):  # DIR.lock: one distillation writes DIR at a time
         examples, teacher = _teacher_examples(arguments, rubric, console)
         if examples is None:
             return ExitCode.PROBLEMS
