@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import socket
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -83,8 +84,8 @@ def executor_from_arguments(arguments: argparse.Namespace,
                             base: ExecutorSpec | None = None) -> ExecutorSpec:
     """The executor the options describe, over `base` (a recipe's); a UsageError naming
     the option for a bad value, or for Ray options given without `--executor ray`."""
-    given = {key: getattr(arguments, "executor" if key == "kind" else key, None)
-             for key in _OPTIONS}
+    given = {key: getattr(arguments, option.removeprefix("--").replace("-", "_"), None)
+             for key, option in _OPTIONS.items()}
     values = {key: value for key, value in given.items() if value is not None}
     try:
         spec = ExecutorSpec(**{**_fields(base or ExecutorSpec()), **values})
@@ -184,9 +185,15 @@ class RayCluster:
             else:
                 ray.init(address=address, **options)
         except ConnectionError as error:
+            # Ray sends a token to a cluster it finds itself (`auto`), never to an address
+            # it is given: that takes RAY_AUTH_MODE=token and the cluster's token.
+            token = ("; if the cluster uses token authentication (`ray start`'s default), "
+                     "set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or "
+                     "~/.ray/auth_token)") if address != "auto" and not os.environ.get(
+                         "RAY_AUTH_MODE") else ""
             raise BadInput(f"--ray-address {address}: cannot reach a Ray cluster there "
-                           f"({error}); start one with `ray start --head`, or leave out "
-                           "--ray-address to start a local one") from None
+                           f"({error}){token}; start one with `ray start --head`, or leave "
+                           "out --ray-address to start a local one") from None
         try:
             nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
             problem = resource_problem(self.spec, Resources(
