@@ -178,6 +178,10 @@ class RayCluster:
                 raise BadInput(f"--ray-address {address}: cannot reach a Ray cluster there "
                                f"({problem}); start one with `ray start --head`, or leave out "
                                "--ray-address to start a local one")
+        # Ray's usage reports and Ray Data's end-of-run metric queries (a Prometheus on
+        # localhost:9090) print tracebacks where nothing answers, e.g. offline; RAY_USAGE_
+        # STATS_ENABLED=1 still turns them on.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
         try:
             if address is None:  # `local`: a new cluster even when RAY_ADDRESS is set
