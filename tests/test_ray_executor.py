@@ -56,7 +56,7 @@ def ray_address() -> Iterator[str]:
             time.sleep(1)
         yield address
     finally:
-        kill_group(head)  # type: ignore[arg-type]  # the head and every worker it started
+        kill_group(head)  # the head and every worker it started
 
 
 @contextlib.contextmanager
@@ -220,6 +220,28 @@ def test_driver_killed_with_kill_9_resumes(tiny_model: Path, ray_address: str,
     assert out.read_bytes() == reference.read_bytes()
 
 
+def test_a_run_without_an_address_starts_its_own_cluster_and_uses_the_answer_cache(
+        tiny_model: Path, tmp_path: Path) -> None:
+    """In a child process, as a user runs it (seen here: a test process that had started
+    and stopped a cluster of its own then lost its actors on the module's cluster)."""
+    import sqlite3
+
+    data = write_data(tmp_path / "data.jsonl", 3)
+    cache = tmp_path / "answers.sqlite"
+    done = subprocess.run(
+        [sys.executable, "-m", "qalign_dsl", "score", COMPILED, str(data), "--model",
+         str(tiny_model), "--cache", str(cache), "-o", str(tmp_path / "out.jsonl"),
+         "--executor", "ray", "--actors", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ray: 1 actor(s) on a local cluster" in done.stderr
+    with contextlib.closing(sqlite3.connect(cache)) as db:  # written by the actor
+        answers = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    questions = len(json.loads(Path(COMPILED).read_text())["questions"])
+    assert answers == 3 * questions
+    assert [row["id"] for row in read_rows(tmp_path / "out.jsonl")] == ["r0", "r1", "r2"]
+
+
 def test_a_bad_row_is_located_and_nothing_reaches_the_cluster(
         tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data.csv"
@@ -246,6 +268,8 @@ def test_bad_executor_input_is_a_message_and_an_exit_code(
     assert "--actors: must be a whole number from 1 to 4096, got 0" in fails(
         2, *on_ray(ray_address, "--actors", "0"))
     assert "--actors applies to --executor ray only" in fails(2, "--actors", "2")
+    assert "--explain judges one row on this machine" in fails(
+        2, *on_ray(ray_address), "--explain", "r0")
     assert ("--gpus-per-actor 1: no node of the Ray cluster (" + ray_address + ") has 1 "
             "GPU(s); the largest has 0") in fails(2, *on_ray(ray_address, "--gpus-per-actor",
                                                              "1"))

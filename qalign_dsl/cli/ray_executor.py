@@ -72,7 +72,8 @@ def add_executor_arguments(parser: argparse.ArgumentParser, recipe: bool = False
     group.add_argument("--cpus-per-actor", type=float, default=default(base.cpus_per_actor),
                        metavar="X", help="CPUs each actor reserves")
     group.add_argument("--batch-rows", type=int, default=default(base.batch_rows), metavar="N",
-                       help="rows sent to an actor per task (a failed task is retried whole)")
+                       help="rows sent to an actor per task, in whole batches of the "
+                       "command's batch size (a failed task is retried whole)")
 
 
 _OPTIONS = {"kind": "--executor", "address": "--ray-address", "actors": "--actors",
