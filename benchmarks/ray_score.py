@@ -6,8 +6,12 @@ same judge, on this machine:
 
 Each arm is the whole command a user runs (`python -m qalign_dsl score …`, model load
 included). The Ray arms join one cluster started beforehand with `ray start --head` (its
-start is timed apart, `cluster_start_s`), as a job joins a running cluster; the 1-actor arm
-gives its actor every CPU (`--cpus-per-actor` = the machine's), the 2-actor arm half each.
+start is timed apart, `cluster_start_s`), as a job joins a running cluster. Every arm runs
+torch on one thread per process (the local run with OMP_NUM_THREADS=1, each actor with
+`--cpus-per-actor 1`, which Ray turns into OMP_NUM_THREADS=1): on a small judge torch's
+intra-op threads can cost more than they give (seen here on 2 busy cores: 14 s with two
+threads, 5 s with one, for the same rows), and unequal thread counts would credit Ray with
+a threading effect.
 
 On one small machine Ray cannot add compute, only its overhead (actor processes that import
 torch and load the judge, the pipeline, the object store): `ratio` = ray_1_s / local_s says
@@ -52,7 +56,8 @@ def free_port() -> int:
 
 def timed(command: list[str]) -> float:
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
     return time.perf_counter() - started
@@ -104,10 +109,8 @@ def main() -> None:
             cluster_start_s = time.perf_counter() - started
             ray_options = ["--executor", "ray", "--ray-address", address,
                            "--batch-rows", str(4 * arguments.batch_size)]
-            ray_1_s = timed(score("ray1.jsonl", *ray_options, "--actors", "1",
-                                  "--cpus-per-actor", str(cpus)))
-            ray_2_s = timed(score("ray2.jsonl", *ray_options, "--actors", "2",
-                                  "--cpus-per-actor", str(cpus / 2)))
+            ray_1_s = timed(score("ray1.jsonl", *ray_options, "--actors", "1"))
+            ray_2_s = timed(score("ray2.jsonl", *ray_options, "--actors", "2"))
         finally:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()

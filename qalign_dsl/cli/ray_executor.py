@@ -190,6 +190,8 @@ class RayCluster:
             else:
                 ray.init(address=address, **options)
         except ConnectionError as error:
+            if address is None:
+                raise BadInput(f"ray: could not start a local cluster ({error})") from None
             # Ray sends a token to a cluster it finds itself (`auto`), never to an address
             # it is given: that takes RAY_AUTH_MODE=token and the cluster's token.
             token = ("; if the cluster uses token authentication (`ray start`'s default), "
