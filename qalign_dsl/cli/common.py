@@ -35,7 +35,7 @@ class UsageError(Exception):
 OPTIONAL_PACKAGES = {"torch": "judge", "transformers": "judge", "tokenizers": "judge",
                      "httpx": "judge", "trl": "train", "datasets": "train",
                      "accelerate": "train", "matplotlib": "train", "peft": "train",
-                     "pyarrow": "train", "vllm": "vllm",
+                     "pyarrow": "train", "vllm": "vllm", "ray": "ray",
                      "pygls": "lsp", "lsprotocol": "lsp", "starlette": "serve",
                      "uvicorn": "serve"}
 

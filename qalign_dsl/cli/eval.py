@@ -8,17 +8,36 @@ rerun with another judge or metric regenerates nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from qalign_dsl.cli import validation
 from qalign_dsl.cli.common import ExitCode, UsageError, write_atomic
 from qalign_dsl.cli.outputs import check_output_dir
+from qalign_dsl.cli.ray_executor import (
+    RayCluster,
+    WorkerError,
+    add_executor_arguments,
+    as_json,
+    describe,
+    executor_from_arguments,
+    note_cache,
+    require_ray,
+    task_failure,
+)
+
+if TYPE_CHECKING:
+    from qalign_dsl.eval.classify import Verdict
+    from qalign_dsl.eval.generate import Batch
+    from qalign_dsl.eval.recipe import ClassifierSpec, Sampling
 
 MAX_ERRORS = 20
 
@@ -47,6 +66,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--explain", metavar="PROMPT_ID",
                         help="also show this prompt's responses and the classifier's answers")
+    add_executor_arguments(parser, recipe=True)
     parser.set_defaults(run=run_eval)
 
 
@@ -63,23 +83,9 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def run_eval(arguments: argparse.Namespace, console: Console) -> int:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskID,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from qalign_dsl.eval.generate import GenerationStore, ModelRef, load_generator
+    from qalign_dsl.eval.generate import ModelRef
     from qalign_dsl.eval.recipe import RecipeError, load_recipe
-    from qalign_dsl.eval.report import build_results, render_markdown, rich_table, write_plots
-    from qalign_dsl.eval.run import evaluate
     from qalign_dsl.eval.sources import SourceError, load_rows, map_rows
-    from qalign_dsl.judge.backend import JudgeError
-    from qalign_dsl.judge.labels import LabelTokenError
-    from qalign_dsl.training.config import ConfigError
 
     models = _pairs(arguments.model, "--model")
     if not models:
@@ -104,6 +110,9 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
     if unknown:
         raise UsageError(f"--judge {unknown[0]}: the recipe defines no such judge "
                          f"(defined: {', '.join(recipe.judges) or 'none'})")
+    executor = executor_from_arguments(arguments, recipe.executor)
+    if executor.kind == "ray":
+        require_ray()
 
     items = {}
     errors: list[str] = []
@@ -132,14 +141,48 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
     refs = [ModelRef(name, path) for name, path in models.items()]
     baseline = arguments.baseline or refs[0].name
     used = {suite.judge for suite in recipe.suites if suite.judge}
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(RayCluster(executor)) if executor.kind == "ray" else None
+        if cluster is not None:
+            console.print(describe(executor, cluster), style="cyan", markup=False)
+        code = _evaluate(arguments, console, recipe, refs, items, judges, used, baseline,
+                         cache_dir, output, cluster)
+    return code
+
+
+def _evaluate(arguments: argparse.Namespace, console: Console, recipe: Any, refs: list[Any],
+              items: dict[str, Any], judges: dict[str, str], used: set[str], baseline: str,
+              cache_dir: Path, output: Path, cluster: RayCluster | None) -> int:
+    """Generate, judge and report; on `cluster` when given, else in this process."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from qalign_dsl.eval.generate import GenerationStore, load_generator
+    from qalign_dsl.eval.report import build_results, render_markdown, rich_table, write_plots
+    from qalign_dsl.eval.run import evaluate
+    from qalign_dsl.judge.backend import JudgeError
+    from qalign_dsl.judge.labels import LabelTokenError
+    from qalign_dsl.training.config import ConfigError
+
     # Created once the judges load: a failure before that leaves no file behind.
     store: GenerationStore | None = None
+    answers = cache_dir / "answers.sqlite"
     try:
-        classifiers = {}
+        classifiers: dict[str, Any] = {}
         from dataclasses import replace
 
         from qalign_dsl.eval.classify import build_classifier
 
+        if cluster is not None and not note_cache(console, cluster.spec, True, answers):
+            answers_for_actors = None
+        else:
+            answers_for_actors = answers
         for name in sorted(used):
             spec = recipe.judges[name]
             if name in judges:
@@ -147,11 +190,17 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
             if not spec.model:
                 raise UsageError(f"judge `{name}` has no model: give --judge {name}=MODEL "
                                  "or `model:` in the recipe")
-            classifiers[name] = build_classifier(spec, cache_dir / "answers.sqlite",
-                                                 arguments.device)
+            if cluster is None:
+                classifiers[name] = build_classifier(spec, answers, arguments.device)
+            else:
+                classifiers[name] = RayClassifier(cluster, ClassifyWorker(
+                    spec, answers_for_actors, arguments.device))
         store = GenerationStore(cache_dir / "generations.sqlite")
+        # Ray Data draws its own progress; two bars on one terminal would fight.
+        quiet = cluster is not None
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=console, transient=True) as bars:
+                      TimeRemainingColumn(), console=console, transient=True,
+                      disable=quiet) as bars:
             tasks: dict[tuple[str, str, str], TaskID] = {}
 
             def progress(stage: str, suite: str, model: str, advance: int, total: int) -> None:
@@ -160,18 +209,30 @@ def run_eval(arguments: argparse.Namespace, console: Console) -> int:
                     tasks[key] = bars.add_task(f"{stage} {model} · {suite}", total=total)
                 bars.advance(tasks[key], advance)
 
-            run = evaluate(recipe, refs, items,
-                           lambda ref: load_generator(ref.path, recipe.sampling,
-                                                      arguments.engine, arguments.device),
-                           store, classifiers, progress, baseline=baseline,
-                           judge_batch=arguments.judge_batch)
-    except (ConfigError, JudgeError, LabelTokenError, ValueError, OSError) as error:
+            def make_generator(ref: Any) -> Any:
+                if cluster is not None:
+                    return RayGenerator(cluster, GenerateWorker(
+                        ref.path, recipe.sampling, arguments.engine, arguments.device))
+                return load_generator(ref.path, recipe.sampling, arguments.engine,
+                                      arguments.device)
+
+            run = evaluate(recipe, refs, items, make_generator, store, classifiers, progress,
+                           baseline=baseline, judge_batch=arguments.judge_batch)
+    except (ConfigError, JudgeError, LabelTokenError, ValueError, OSError,
+            WorkerError) as error:
         console.print(f"qalc eval: {error}", style="red", markup=False)
         return ExitCode.PROBLEMS
     except sqlite3.Error as error:  # a generations or answers cache qalc did not write
         console.print(f"qalc eval: {cache_dir}: a cache file is not a usable SQLite "
                       f"database ({error}); remove it or choose another --cache-dir",
                       style="red", markup=False)
+        return ExitCode.PROBLEMS
+    except Exception as error:
+        message = task_failure(error)
+        if message is None:
+            raise
+        console.print(f"qalc eval: {message}; finished generations are cached — rerun to "
+                      "resume", style="red", markup=False)
         return ExitCode.PROBLEMS
     finally:
         if store is not None:
@@ -222,3 +283,118 @@ def _explain(console: Console, run: Any, item_id: str) -> int:
             lines.append(f"extracted {entry['extracted']!r}, reference {entry['reference']!r}")
         console.print(Panel(Text("\n".join(lines)), title=Text(title)))
     return ExitCode.OK
+
+
+# --- --executor ray: the generation and classification stages on a pool of actors ---------
+
+
+@dataclass(frozen=True)
+class GenerateWorker:
+    """What a Ray actor needs to generate as `qalc eval` does (picklable): called once per
+    actor, it loads the model; each unit is one local batch (conversations, seed)."""
+
+    path: str
+    sampling: Sampling
+    engine: str
+    device: str
+
+    def __call__(self) -> Callable[[str], str]:
+        from qalign_dsl.eval.generate import load_generator
+
+        try:
+            generator = load_generator(self.path, self.sampling, self.engine, self.device)
+        except (OSError, ValueError, ImportError) as error:
+            raise WorkerError(f"cannot load `{self.path}`: {error}") from None
+
+        def work(unit: str) -> str:
+            conversations, seed = json.loads(unit)
+            return as_json(generator.generate(conversations, seed))
+
+        return work
+
+
+class RayGenerator:
+    """A `BatchGenerator` (eval/generate.py) whose batches run on the cluster's actors."""
+
+    def __init__(self, cluster: RayCluster, worker: GenerateWorker) -> None:
+        self.cluster = cluster
+        self.worker = worker
+        self.calls = 0
+
+    def generate_batches(self, batches: Sequence[Batch]) -> Iterator[list[str]]:
+        units = [as_json([list(conversations), seed]) for conversations, seed in batches]
+        for result in self.cluster.run("generate", self.worker, units,
+                                       self.worker.sampling.batch_size):
+            self.calls += 1
+            yield [str(text) for text in json.loads(result)]
+
+    def generate(self, conversations: Sequence[list[dict[str, str]]], seed: int) -> list[str]:
+        return next(iter(self.generate_batches([(conversations, seed)])))
+
+
+@dataclass(frozen=True)
+class ClassifyWorker:
+    """What a Ray actor needs to classify as `qalc eval` does (picklable): called once per
+    actor, it builds the classifier (judge, rubric, answer cache where reachable)."""
+
+    spec: ClassifierSpec
+    cache: Path | None
+    device: str
+
+    def __call__(self) -> Callable[[str], str]:
+        from qalign_dsl.eval.classify import build_classifier
+        from qalign_dsl.judge.backend import JudgeError
+        from qalign_dsl.judge.labels import LabelTokenError
+
+        try:
+            classifier = build_classifier(self.spec, self.cache, self.device)
+        except (JudgeError, LabelTokenError, OSError, ValueError, sqlite3.Error) as error:
+            raise WorkerError(f"judge `{self.spec.name}`: {error}") from None
+
+        def work(unit: str) -> str:
+            samples = [(conversation, response) for conversation, response in json.loads(unit)]
+            try:
+                verdicts = classifier.classify(samples, batch_size=len(samples))
+            except JudgeError as error:
+                raise WorkerError(f"judge `{self.spec.name}`: {error}") from None
+            return as_json({"identity": classifier.identity, "verdicts": [
+                [v.flagged, v.reward, [list(answer) for answer in v.answers]]
+                for v in verdicts]})
+
+        return work
+
+
+class RayClassifier:
+    """`Classifier.classify` and `.identity` (eval/classify.py) with the judging done by
+    the cluster's actors, one local batch (`batch_size` responses) per unit."""
+
+    def __init__(self, cluster: RayCluster, worker: ClassifyWorker) -> None:
+        self.cluster = cluster
+        self.worker = worker
+        self._identity: dict[str, Any] | None = None
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        if self._identity is None:  # nothing was judged: ask a local build once
+            from qalign_dsl.eval.classify import build_classifier
+
+            self._identity = build_classifier(self.worker.spec, None,
+                                              self.worker.device).identity
+        return self._identity
+
+    def classify(self, samples: Sequence[tuple[Any, str]], batch_size: int = 16,
+                 progress: Callable[[int], None] | None = None) -> list[Verdict]:
+        from qalign_dsl.eval.classify import Verdict
+
+        units = [as_json([list(sample) for sample in samples[start:start + batch_size]])
+                 for start in range(0, len(samples), batch_size)]
+        verdicts: list[Verdict] = []
+        for result in self.cluster.run("classify", self.worker, units, batch_size):
+            decoded = json.loads(result)
+            self._identity = decoded["identity"]
+            chunk = [Verdict(flagged, reward, tuple(tuple(answer) for answer in answers))
+                     for flagged, reward, answers in decoded["verdicts"]]
+            verdicts += chunk
+            if progress:
+                progress(len(chunk))
+        return verdicts

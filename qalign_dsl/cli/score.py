@@ -11,6 +11,8 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -20,9 +22,9 @@ from rich.text import Text
 from rich.tree import Tree
 
 from qalign_dsl.cli import validation
-from qalign_dsl.cli.common import ExitCode
+from qalign_dsl.cli.common import ExitCode, UsageError
 from qalign_dsl.cli.datasource import add_source_arguments, read_source, source_from_arguments
-from qalign_dsl.cli.inputs import check_id, prompt_problem
+from qalign_dsl.cli.inputs import BadInput, check_id, prompt_problem
 from qalign_dsl.cli.judge_options import (
     add_backend_arguments,
     add_cache_arguments,
@@ -30,6 +32,17 @@ from qalign_dsl.cli.judge_options import (
     judge_spec,
 )
 from qalign_dsl.cli.outputs import OutputLock, check_output
+from qalign_dsl.cli.ray_executor import (
+    RayCluster,
+    WorkerError,
+    add_executor_arguments,
+    as_json,
+    describe,
+    executor_from_arguments,
+    note_cache,
+    require_ray,
+    task_failure,
+)
 from qalign_dsl.cli.rubric import (
     add_compiled_argument,
     evaluation_lists,
@@ -37,11 +50,13 @@ from qalign_dsl.cli.rubric import (
     print_summary,
 )
 from qalign_dsl.cli.tables import ResumableOutput, is_parquet
+from qalign_dsl.executor import ExecutorSpec
 from qalign_dsl.judge.normalize import DEFAULT_RULE, RULES
+from qalign_dsl.judge.spec import JudgeSpec
 
 if TYPE_CHECKING:
     from qalign_dsl.evaluate.aggregate import CompiledRubric
-
+    from qalign_dsl.judge.runtime import Judge
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -67,6 +82,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--shard", type=parse_shard, metavar="I/N",
                         help="judge only rows I, I+N, I+2N, … (0-based) of DATA, e.g. one "
                         "machine of N; join the outputs with `qalc merge`")
+    add_executor_arguments(parser)
     parser.set_defaults(run=run_score)
 
 
@@ -121,6 +137,12 @@ def run_score(arguments: argparse.Namespace, console: Console) -> int:
 
     validation.positive_int("--batch-size", arguments.batch_size, 100_000)
     validation.backend_options(arguments)
+    executor = executor_from_arguments(arguments)
+    if executor.kind == "ray":
+        if arguments.explain is not None:
+            raise UsageError("--explain judges one row on this machine; leave out "
+                             "--executor ray")
+        require_ray()
     inputs = [arguments.compiled, arguments.data]
     source_from_arguments(arguments, arguments.data)  # usage errors before anything loads
     writes_output = arguments.output is not None and arguments.explain is None
@@ -139,9 +161,6 @@ def run_score(arguments: argparse.Namespace, console: Console) -> int:
 
 
 def _score(arguments: argparse.Namespace, console: Console) -> int:
-    from qalign_dsl.judge.backend import JudgeError
-    from qalign_dsl.judge.runtime import Sample
-
     rubric = load_rubric(arguments.compiled, console)
     if rubric is None:
         return ExitCode.PROBLEMS
@@ -167,13 +186,125 @@ def _score(arguments: argparse.Namespace, console: Console) -> int:
                       f"{arguments.output}; the judge was not loaded", style="cyan",
                       markup=False)
         return ExitCode.OK
+    executor = executor_from_arguments(arguments)
+    if executor.kind == "ray":
+        with RayCluster(executor) as cluster:  # connected and checked before any output
+            console.print(describe(executor, cluster), style="cyan", markup=False)
+            cache = arguments.cache if note_cache(console, executor, not arguments.no_cache,
+                                                  arguments.cache) else None
+            worker = ScoreWorker(rubric.document, judge_spec(arguments), arguments.api_key,
+                                 cache, arguments.normalize)
+            units = [as_json(todo[start:start + arguments.batch_size])
+                     for start in range(0, len(todo), arguments.batch_size)]
+            batches = (ScoredBatch(**json.loads(text))
+                       for text in cluster.run("score", worker, units, arguments.batch_size))
+            return _write_scored(arguments, console, rubric, output, finished, todo, batches,
+                                 executor)
     judge = build_judge(arguments, rubric.document, console,
                         None if arguments.no_cache else arguments.cache,
                         normalization=arguments.normalize,
                         short_circuit=judge_spec(arguments).short_circuit)
     if judge is None:
         return ExitCode.PROBLEMS
-    backend, cache = judge.backend, judge.cache
+    try:
+        return _write_scored(arguments, console, rubric, output, finished, todo,
+                             _score_locally(judge, rubric, todo, arguments.batch_size),
+                             executor)
+    finally:
+        if judge.cache is not None:
+            judge.cache.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    """One judged batch: its output rows and the counts the summary reports."""
+
+    records: list[dict[str, Any]]
+    failures: int  # answers NA because the judge gave none
+    skipped: int  # questions not judged (--short-circuit reward)
+    escalated: int = 0  # a student's answers its cascade sent to the teacher
+    student_answers: int = 0  # answers the student gave itself
+
+
+def score_batch(judge: Judge, rubric: CompiledRubric, batch: list[dict[str, Any]],
+                label_logprobs: Any = None) -> ScoredBatch:
+    """Judge one batch of data rows and pool it: the rows `qalc score` writes."""
+    from qalign_dsl.judge.runtime import Sample
+
+    result = judge.score([Sample(r["prompt"], r["response"]) for r in batch])
+    evaluation = rubric.evaluate(result.probabilities, result.answered)
+    lists = evaluation_lists(evaluation)  # tensors -> Python once per batch, not per row
+    answered = result.answered.tolist()
+    probabilities = result.probabilities.tolist()
+    records = []
+    for b, row in enumerate(batch):
+        record = _record(rubric, row, lists, b, answered[b], probabilities[b], result.failures)
+        record["normalized_chars"] = result.normalized[b]
+        if label_logprobs is not None:  # a server backend: exact or top-k
+            record["label_logprobs"] = label_logprobs
+        records.append(record)
+    return ScoredBatch(records, len(result.failures) - result.skipped, result.skipped,
+                       result.escalated, result.student_answers)
+
+
+def _score_locally(judge: Judge, rubric: CompiledRubric, todo: list[dict[str, Any]],
+                   batch_size: int) -> Iterator[ScoredBatch]:
+    label_logprobs = getattr(judge.backend, "label_logprobs", None)
+    for start in range(0, len(todo), batch_size):
+        yield score_batch(judge, rubric, todo[start:start + batch_size], label_logprobs)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreWorker:
+    """What a Ray actor needs to judge as `qalc score` does (picklable); called once per
+    actor, it builds the judge and returns the function that scores one unit."""
+
+    document: Mapping[str, Any]
+    spec: JudgeSpec
+    api_key: str | None
+    cache: Path | None
+    normalization: str
+
+    def __call__(self) -> Any:
+        from qalign_dsl.cli.judge_options import open_answer_cache
+        from qalign_dsl.evaluate.aggregate import CompiledRubric
+        from qalign_dsl.judge.backend import JudgeError
+        from qalign_dsl.judge.labels import LabelTokenError
+        from qalign_dsl.judge.runtime import judge_from_spec
+
+        try:
+            judge = judge_from_spec(self.document, self.spec, open_answer_cache(self.cache),
+                                    api_key=self.api_key, normalization=self.normalization,
+                                    short_circuit=self.spec.short_circuit)
+            teacher = judge.cascade.teacher if judge.cascade is not None else None
+            for loaded in (judge, teacher):  # once per actor, before its first task
+                if loaded is not None and hasattr(loaded.backend, "load"):
+                    loaded.backend.load()
+        except (JudgeError, LabelTokenError, BadInput) as error:
+            raise WorkerError(str(error)) from None
+        rubric = CompiledRubric(self.document)
+        label_logprobs = getattr(judge.backend, "label_logprobs", None)
+
+        def work(unit: str) -> str:
+            try:
+                scored = score_batch(judge, rubric, json.loads(unit), label_logprobs)
+            except JudgeError as error:
+                raise WorkerError(str(error)) from None
+            return as_json(asdict(scored))
+
+        return work
+
+
+def _write_scored(arguments: argparse.Namespace, console: Console, rubric: CompiledRubric,
+                  output: ResumableOutput | None, finished: set[str],
+                  todo: list[dict[str, Any]], batches: Iterator[ScoredBatch],
+                  executor: ExecutorSpec) -> int:
+    """Write each batch's rows as it comes (the output is the checkpoint), then the summary:
+    the same for a local run and a Ray run."""
+    import time
+
+    from qalign_dsl.judge.backend import JudgeError
+
     if finished and arguments.explain is None:
         console.print(f"resuming: {len(finished)} row(s) already in {arguments.output}, "
                       f"{len(todo)} to go", style="cyan")
@@ -182,55 +313,47 @@ def _score(arguments: argparse.Namespace, console: Console) -> int:
         sink = output.open()
     records: list[dict[str, Any]] = []
     failures = skipped = escalated = student_answers = 0
+    # Ray Data draws its own progress; two bars on one terminal would fight.
     progress = Progress(TextColumn("judging"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-                        console=console, transient=True, disable=arguments.explain is not None)
-    label_logprobs = getattr(backend, "label_logprobs", None)
-    import time
+                        console=console, transient=True,
+                        disable=arguments.explain is not None or executor.kind == "ray")
     started = time.perf_counter()
     try:
         with progress:
             task = progress.add_task("judging", total=len(todo), rate="")
-            for start in range(0, len(todo), arguments.batch_size):
-                batch = todo[start:start + arguments.batch_size]
-                result = judge.score([Sample(r["prompt"], r["response"]) for r in batch])
-                failures += len(result.failures) - result.skipped
-                skipped += result.skipped
-                escalated += result.escalated
-                student_answers += result.student_answers
-                evaluation = rubric.evaluate(result.probabilities, result.answered)
-                lists = evaluation_lists(
-                    evaluation
-                )  # tensors -> Python once per batch, not per row
-                answered = result.answered.tolist()
-                probabilities = result.probabilities.tolist()
-                for b, row in enumerate(batch):
-                    record = _record(rubric, row, lists, b, answered[b], probabilities[b],
-                                     result.failures)
-                    record["normalized_chars"] = result.normalized[b]
-                    if label_logprobs is not None:  # a server backend: exact or top-k
-                        record["label_logprobs"] = label_logprobs
+            for scored in batches:
+                failures += scored.failures
+                skipped += scored.skipped
+                escalated += scored.escalated
+                student_answers += scored.student_answers
+                for record in scored.records:
                     records.append(record)
                     if arguments.explain is None:
                         sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                         sink.flush()
-                done = start + len(batch)
+                done = len(records)
                 elapsed = time.perf_counter() - started
                 answers_per_s = done * rubric.num_questions / elapsed
                 rate = f"{done / elapsed:.2f} samples/s, {answers_per_s:.0f} answers/s"
                 progress.update(task, completed=done, rate=rate)
-    except JudgeError as error:
+    except (JudgeError, WorkerError) as error:
         console.print(f"judge: {error}", style="red", markup=False)
         console.print("finished rows are saved; rerun the same command to resume", style="cyan")
         return ExitCode.PROBLEMS
     except KeyboardInterrupt:
         console.print("interrupted; finished rows are saved — rerun to resume", style="yellow")
         return 130
+    except Exception as error:
+        message = task_failure(error)
+        if message is None:
+            raise
+        console.print(message, style="red", markup=False)
+        console.print("finished rows are saved; rerun the same command to resume", style="cyan")
+        return ExitCode.PROBLEMS
     finally:
         if sink is not sys.stdout:
             sink.close()
-        if cache is not None:
-            cache.close()
     if arguments.explain is not None:
         print_explanation(console, rubric, records[0])
         return ExitCode.OK
@@ -242,7 +365,7 @@ def _score(arguments: argparse.Namespace, console: Console) -> int:
     if skipped:
         console.print(f"{skipped} question(s) not judged: they cannot change the reward "
                       "(--short-circuit reward)", style="cyan")
-    if judge.cascade is not None and judge.cascade.teacher is not None:
+    if judge_spec(arguments).cascade is not None:
         total = escalated + student_answers
         share = f" ({escalated / total:.1%})" if total else ""
         console.print(f"cascade: {escalated} of {total} fresh answer(s){share} went to the "

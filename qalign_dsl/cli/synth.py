@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,16 @@ from qalign_dsl.cli.datasource import add_source_arguments, read_source, source_
 from qalign_dsl.cli.inputs import check_id, prompt_problem
 from qalign_dsl.cli.judge_options import add_backend_arguments, make_judge
 from qalign_dsl.cli.outputs import OutputLock, check_output
+from qalign_dsl.cli.ray_executor import (
+    RayCluster,
+    WorkerError,
+    add_executor_arguments,
+    as_json,
+    describe,
+    executor_from_arguments,
+    require_ray,
+    task_failure,
+)
 from qalign_dsl.cli.rubric import add_compiled_argument, load_rubric
 from qalign_dsl.cli.tables import ResumableOutput, is_parquet
 
@@ -75,6 +85,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     pairs.add_argument("--pairs-per-prompt", type=int, default=1,
                        help="pair the i-th best with the i-th worst for i < N")
     pairs.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_executor_arguments(parser)
     parser.set_defaults(run=run_synth)
 
 
@@ -109,6 +120,8 @@ def run_synth(arguments: argparse.Namespace, console: Console) -> int:
     validation.positive_int("--samples", arguments.samples, 1024)
     validation.positive_int("--pairs-per-prompt", arguments.pairs_per_prompt, 1024)
     validation.non_negative_int("--seed", arguments.seed, 2**32 - 1)
+    if executor_from_arguments(arguments).kind == "ray":
+        require_ray()
     dropped_path = dropped_output(arguments.output)
     inputs = [arguments.compiled, arguments.prompts]
     source_from_arguments(arguments, arguments.prompts, "PROMPTS")  # usage errors first
@@ -126,6 +139,7 @@ def run_synth(arguments: argparse.Namespace, console: Console) -> int:
 def _synth(arguments: argparse.Namespace, console: Console, dropped_path: Path) -> int:
     from qalign_dsl.judge.backend import JudgeError
     from qalign_dsl.judge.labels import LabelTokenError
+
     if arguments.pairs and (arguments.samples < 2 or arguments.pairs_per_prompt < 1):
         raise UsageError("--pairs needs --samples of at least 2 and --pairs-per-prompt of at "
                          "least 1")
@@ -145,14 +159,69 @@ def _synth(arguments: argparse.Namespace, console: Console, dropped_path: Path) 
     if done:
         console.print(f"resuming: {len(done)} prompt(s) already decided, {len(todo)} to go",
                       style="cyan")
+    text = PAIRS_TEXT if arguments.pairs else SFT_TEXT
+    executor = executor_from_arguments(arguments)
+    if executor.kind == "ray" and todo:
+        with RayCluster(executor) as cluster:  # connected and checked before any output
+            console.print(describe(executor, cluster), style="cyan", markup=False)
+            worker = SynthWorker(rubric.document, _plain(arguments))
+            units = [as_json(todo[start:start + arguments.batch_size])
+                     for start in range(0, len(todo), arguments.batch_size)]
+            batches = (_decoded(result) for result in
+                       cluster.run("synth", worker, units, arguments.batch_size))
+            return _write_decided(console, todo, outputs, text, batches, progress_bar=False)
     try:
-        judge = make_judge(arguments, rubric.document)
-        mode = (_pairs_mode(arguments, rubric.document, judge) if arguments.pairs
-                else _sft_mode(arguments, rubric.document, judge))
+        mode = _build_mode(arguments, rubric.document)
     except (JudgeError, LabelTokenError, OSError, ValueError) as error:
         console.print(f"synth: {error}", style="red", markup=False)
         return ExitCode.PROBLEMS
-    return _run_batches(arguments, console, todo, outputs, mode)
+    batches = (mode(todo[start:start + arguments.batch_size])
+               for start in range(0, len(todo), arguments.batch_size))
+    return _write_decided(console, todo, outputs, text, batches)
+
+
+def _build_mode(arguments: argparse.Namespace, document: Mapping[str, Any]) -> Decide:
+    """The judge and the generators of the mode, loaded; what decides one batch."""
+    judge = make_judge(arguments, document)  # a student judge with its cascade, too
+    return (_pairs_mode if arguments.pairs else _sft_mode)(arguments, document, judge)
+
+
+def _plain(arguments: argparse.Namespace) -> argparse.Namespace:
+    """The options without the command's `run` function: what a Ray actor is sent."""
+    return argparse.Namespace(**{k: v for k, v in vars(arguments).items() if k != "run"})
+
+
+@dataclass(frozen=True)
+class SynthWorker:
+    """What a Ray actor needs to decide prompts as `qalc synth` does (picklable); called
+    once per actor, it loads the judge and the generators and returns the function that
+    decides one unit (a batch of (id, prompt))."""
+
+    document: Mapping[str, Any]
+    arguments: argparse.Namespace
+
+    def __call__(self) -> Callable[[str], str]:
+        from qalign_dsl.judge.backend import JudgeError
+        from qalign_dsl.judge.labels import LabelTokenError
+
+        try:
+            decide = _build_mode(self.arguments, self.document)
+        except (JudgeError, LabelTokenError, OSError, ValueError) as error:
+            raise WorkerError(str(error)) from None
+
+        def work(unit: str) -> str:
+            batch = [(key, prompt) for key, prompt in json.loads(unit)]
+            try:
+                decided = decide(batch)
+            except JudgeError as error:
+                raise WorkerError(str(error)) from None
+            return as_json([[row.record, row.kept, row.gain] for row in decided])
+
+        return work
+
+
+def _decoded(result: str) -> list[_Decided]:
+    return [_Decided(record, kept, gain) for record, kept, gain in json.loads(result)]
 
 
 @dataclass(frozen=True)
@@ -165,16 +234,21 @@ class _Decided:
 
 
 @dataclass(frozen=True)
-class _Mode:
-    """What differs between SFT synthesis and pair ranking; the batch loop is shared."""
+class _ModeText:
+    """What the terminal says, by mode (SFT synthesis or pair ranking)."""
 
     verb: str                    # the progress bar's: "synthesizing" / "ranking pairs"
     done: str                    # the summary's: "synthesized" / "ranked"
-    decide: Callable[[list[tuple[str, Any]]], list[_Decided]]
     columns: tuple[str, str, str]  # kept, dropped, mean gain
 
 
-def _sft_mode(arguments: argparse.Namespace, document: Mapping[str, Any], judge: Any) -> _Mode:
+SFT_TEXT = _ModeText("synthesizing", "synthesized", ("kept", "dropped", "mean improvement (kept)"))
+PAIRS_TEXT = _ModeText("ranking pairs", "ranked",
+                       ("pairs", "prompts without a pair", "mean reward gap"))
+Decide = Callable[[list[tuple[str, Any]]], list[_Decided]]
+
+
+def _sft_mode(arguments: argparse.Namespace, document: Mapping[str, Any], judge: Any) -> Decide:
     from qalign_dsl.training.synth import synthesize
     from qalign_dsl.training.vllm_generate import load_synth_generator
 
@@ -195,11 +269,10 @@ def _sft_mode(arguments: argparse.Namespace, document: Mapping[str, Any], judge:
             decided.append(_Decided(row.record, row.kept, gain if row.kept else None))
         return decided
 
-    return _Mode("synthesizing", "synthesized", decide,
-                 ("kept", "dropped", "mean improvement (kept)"))
+    return decide
 
 
-def _pairs_mode(arguments: argparse.Namespace, document: Mapping[str, Any], judge: Any) -> _Mode:
+def _pairs_mode(arguments: argparse.Namespace, document: Mapping[str, Any], judge: Any) -> Decide:
     from qalign_dsl.training.pairs import rank_pairs
     from qalign_dsl.training.vllm_generate import load_synth_generator
 
@@ -222,50 +295,63 @@ def _pairs_mode(arguments: argparse.Namespace, document: Mapping[str, Any], judg
                     False))
         return decided
 
-    return _Mode("ranking pairs", "ranked", decide,
-                 ("pairs", "prompts without a pair", "mean reward gap"))
+    return decide
 
 
-def _run_batches(arguments: argparse.Namespace, console: Console, todo: list[tuple[str, Any]],
-                 outputs: tuple[ResumableOutput, ResumableOutput], mode: _Mode) -> int:
-    """Decide `todo` a batch at a time, each row flushed as soon as its batch is decided, so
-    a kill loses at most the batch in flight and a rerun resumes after the last flushed row."""
+def _write_decided(console: Console, todo: list[tuple[str, Any]],
+                   outputs: tuple[ResumableOutput, ResumableOutput], text: _ModeText,
+                   batches: Iterator[list[_Decided]], progress_bar: bool = True) -> int:
+    """Write each decided batch as it comes, flushed, so a kill loses at most the batches in
+    flight and a rerun resumes after the last flushed row; then the summary. The same for a
+    local run (`batches` decided here) and a Ray run (decided by the actors)."""
     from qalign_dsl.judge.backend import JudgeError
 
     kept = dropped = 0
     gains: list[float] = []
-    progress = Progress(TextColumn(mode.verb), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=console, transient=True)
+    # Ray Data draws its own progress; two bars on one terminal would fight.
+    progress = Progress(TextColumn(text.verb), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=console, transient=True,
+                        disable=not progress_bar)
     started = time.perf_counter()
     with progress, outputs[0].open() as out, outputs[1].open() as rejected:
-        task = progress.add_task(mode.verb, total=len(todo))
-        for start in range(0, len(todo), arguments.batch_size):
-            batch = todo[start:start + arguments.batch_size]
-            try:
-                decided = mode.decide(batch)
-            except JudgeError as error:
-                console.print(f"judge: {error}; decided rows are saved — rerun to resume",
-                              style="red", markup=False)
-                return ExitCode.PROBLEMS
-            for row in decided:
-                (out if row.kept else rejected).write(
-                    json.dumps(row.record, ensure_ascii=False) + "\n")
-                kept += row.kept
-                dropped += not row.kept
-                if row.gain is not None:
-                    gains.append(row.gain)
-            out.flush()
-            rejected.flush()
-            progress.update(task, completed=start + len(batch))
+        task = progress.add_task(text.verb, total=len(todo))
+        try:
+            for decided in batches:
+                for row in decided:
+                    (out if row.kept else rejected).write(
+                        json.dumps(row.record, ensure_ascii=False) + "\n")
+                    kept += row.kept
+                    dropped += not row.kept
+                    if row.gain is not None:
+                        gains.append(row.gain)
+                out.flush()
+                rejected.flush()
+                progress.advance(task, len({_prompt_of(row) for row in decided}))
+        except (JudgeError, WorkerError) as error:
+            console.print(f"judge: {error}; decided rows are saved — rerun to resume",
+                          style="red", markup=False)
+            return ExitCode.PROBLEMS
+        except Exception as error:
+            message = task_failure(error)
+            if message is None:
+                raise
+            console.print(f"{message}; decided rows are saved — rerun to resume", style="red",
+                          markup=False)
+            return ExitCode.PROBLEMS
     for output in outputs:
         output.finish()
-    table = Table(title=f"{mode.done} {len(todo)} prompt(s) in "
+    table = Table(title=f"{text.done} {len(todo)} prompt(s) in "
                   f"{time.perf_counter() - started:.1f} s")
-    for column in mode.columns:
+    for column in text.columns:
         table.add_column(column, justify="right")
     table.add_row(str(kept), str(dropped), f"{sum(gains) / len(gains):+.3f}" if gains else "—")
     console.print(table)
     return ExitCode.OK
+
+
+def _prompt_of(row: _Decided) -> str:
+    """The prompt a row decides (a pair row names it in its provenance)."""
+    return str(row.record.get("provenance", {}).get("prompt_id", row.record.get("id")))
 
 
 def dropped_output(output: Path) -> Path:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +39,22 @@ class Generator(Protocol):
     calls: int  # batched generate calls made (tests count them)
 
     def generate(self, conversations: Sequence[list[dict[str, str]]], seed: int) -> list[str]: ...
+
+
+Batch = tuple[Sequence[list[dict[str, str]]], int]  # (conversations, seed)
+
+
+class BatchGenerator(Generator, Protocol):
+    """A generator handed every batch at once (a pool of Ray actors): one list of texts
+    per batch, in the batches' order, each as soon as it and those before it are done."""
+
+    def generate_batches(self, batches: Sequence[Batch]) -> Iterator[list[str]]: ...
+
+
+def _generated(generator: Generator, batches: Sequence[Batch]) -> Iterator[list[str]]:
+    if hasattr(generator, "generate_batches"):
+        return generator.generate_batches(batches)  # type: ignore[no-any-return]
+    return (generator.generate(conversations, seed) for conversations, seed in batches)
 
 
 def conversation_with_system(item: EvalItem, sampling: Sampling) -> list[dict[str, str]]:
@@ -204,23 +220,24 @@ def generate_all(identity: str, make_generator: Callable[[], Generator],
     if progress and responses:
         progress(len(responses))
     missing = [slot for slot in keys if slot not in responses]
-    generator: Generator | None = None
     # Batches by sample index (one seed per batch), prompts of similar length together.
     by_sample: dict[int, list[str]] = {}
     for item_id, s in missing:
         by_sample.setdefault(s, []).append(item_id)
+    plan: list[tuple[int, list[str]]] = []
     for s, ids in sorted(by_sample.items()):
         ids.sort(key=lambda i: len(json.dumps(conversations[i])))
-        for start in range(0, len(ids), sampling.batch_size):
-            chunk = ids[start:start + sampling.batch_size]
-            if generator is None:
-                generator = make_generator()
-            texts = generator.generate([conversations[i] for i in chunk], seed + s)
+        plan += [(s, ids[start:start + sampling.batch_size])
+                 for start in range(0, len(ids), sampling.batch_size)]
+    if plan:
+        generated = _generated(make_generator(), [
+            ([conversations[i] for i in chunk], seed + s) for s, chunk in plan])
+        for (s, chunk), texts in zip(plan, generated):
             rows = []
             for item_id, text in zip(chunk, texts):
                 responses[(item_id, s)] = text
                 rows.append((keys[(item_id, s)], identity, item_id, s, text))
-            store.put_many(rows)
+            store.put_many(rows)  # each batch as it comes: a kill loses only those in flight
             if progress:
                 progress(len(chunk))
     return responses, GenerationStats(generated=len(missing), cached=len(keys) - len(missing))

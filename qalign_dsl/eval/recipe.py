@@ -15,6 +15,7 @@ from typing import Any
 
 import fastjsonschema
 
+from qalign_dsl.executor import EXECUTORS, ExecutorError, ExecutorSpec, executor_from_mapping
 from qalign_dsl.recipe_files import MAX_RECIPE_BYTES, read_yaml, validate_recipe
 from qalign_dsl.sources import KINDS, SourceSpec
 
@@ -104,6 +105,20 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "judges": {"type": "object", "additionalProperties": _JUDGE},
+        # Where generation and judging run (qalign_dsl/executor.py; the command line's
+        # --executor, --ray-address, ... override each key).
+        "executor": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "kind": {"enum": list(EXECUTORS)},
+                "address": {"type": "string", "minLength": 1},
+                "actors": {"type": "integer", "minimum": 1},
+                "gpus_per_actor": {"type": "number", "minimum": 0},
+                "cpus_per_actor": {"type": "number", "minimum": 0},
+                "batch_rows": {"type": "integer", "minimum": 1},
+            },
+        },
         "suites": {"type": "array", "minItems": 1, "items": _SUITE},
     },
 }
@@ -181,6 +196,7 @@ class Recipe:
     alpha: float = 0.01
     bootstrap: int = 2000
     hash: str = ""
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -215,10 +231,14 @@ def parse_recipe(raw: Any, path: Path, digest: str = "") -> Recipe:
         seen.add(name)
         suites.append(_suite(path, where, spec, judges))
     sampling = Sampling(**(raw.get("sampling") or {}))
+    try:
+        executor = executor_from_mapping(raw.get("executor") or {})
+    except ExecutorError as error:
+        raise RecipeError(f"{path}: executor.{error.key}: {error.message}") from None
     return Recipe(path=path, name=raw.get("name", path.stem), suites=tuple(suites),
                   judges=judges, sampling=sampling, seed=int(raw.get("seed", 0)),
                   alpha=float(raw.get("alpha", 0.01)), bootstrap=int(raw.get("bootstrap", 2000)),
-                  hash="sha256:" + digest if digest else "")
+                  hash="sha256:" + digest if digest else "", executor=executor)
 
 
 def _suite(
