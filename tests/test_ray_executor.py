@@ -98,6 +98,27 @@ def test_score_on_ray_equals_a_local_run(tiny_model: Path, ray_address: str, tmp
     assert "nothing to do: all 7 row(s)" in capsys.readouterr().err
 
 
+def test_a_student_with_its_cascade_scores_on_ray_as_locally(
+        distill_world: dict[str, Path], ray_address: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The distilled student (and its cascade teacher) is a JudgeSpec backend like any
+    other: each actor builds both once."""
+    lines = distill_world["data"].read_text(encoding="utf-8").splitlines()[:12]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    command = ["score", str(distill_world["compiled"]), str(data), "--backend", "student",
+               "--judge", str(distill_world["student"]), "--cascade-judge",
+               str(distill_world["teacher"]), "--below-confidence", "0.99", "--no-cache",
+               "--batch-size", "4"]
+    local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    with one_thread():
+        assert main([*command, "-o", str(local)]) == 0
+    escalated = capsys.readouterr().err.split("cascade: ")[1].split(" fresh")[0]
+    assert main([*command, "-o", str(remote), *on_ray(ray_address, "--actors", "1")]) == 0
+    assert remote.read_bytes() == local.read_bytes()
+    assert f"cascade: {escalated} fresh" in capsys.readouterr().err
+
+
 def test_synth_on_ray_equals_a_local_run(tiny_model: Path, ray_address: str,
                                          tmp_path: Path) -> None:
     prompts = write_prompts(tmp_path / "prompts.jsonl", 5)
