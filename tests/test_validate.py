@@ -20,13 +20,13 @@ from conftest import ROOT
 from judge_fixtures import MICRO_PROMPTS
 
 from qalign_dsl.cli import main
-from qalign_dsl.training.tiny import synthetic_responses
-from qalign_dsl.validate.metrics import (
+from qalign_dsl.evaluate.metrics import (
     calibration,
     cohen_kappa,
     krippendorff_alpha_ordinal,
     redundant_pairs,
 )
+from qalign_dsl.training.tiny import synthetic_responses
 
 pytest.importorskip("transformers")
 MICRO = ROOT / "tests" / "data" / "judge" / "micro.json"

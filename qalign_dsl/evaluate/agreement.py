@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from qalign_dsl.evaluate.aggregate import CompiledRubric
+from qalign_dsl.evaluate.metrics import calibration, cohen_kappa, pearson
 
 
 @dataclass(frozen=True)
@@ -36,47 +37,6 @@ class Paired:
 
 def _top(probabilities: torch.Tensor, labels: int) -> torch.Tensor:
     return probabilities[..., :labels].argmax(dim=-1)
-
-
-def cohen_kappa(a: Sequence[int], b: Sequence[int]) -> float | None:
-    """Cohen's kappa of two label sequences; None when chance agreement is certain (one
-    label only), where kappa says nothing."""
-    n = len(a)
-    if n == 0:
-        return None
-    observed = sum(x == y for x, y in zip(a, b)) / n
-    labels = set(a) | set(b)
-    expected = sum((list(a).count(label) / n) * (list(b).count(label) / n) for label in labels)
-    if expected >= 1.0 - 1e-12:
-        return None
-    return (observed - expected) / (1.0 - expected)
-
-
-def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool],
-                               bins: int = 10) -> float | None:
-    if not confidence:
-        return None
-    total, error = len(confidence), 0.0
-    for low in range(bins):
-        inside = [i for i, c in enumerate(confidence)
-                  if low / bins < c <= (low + 1) / bins or (low == 0 and c == 0)]
-        if inside:
-            mean_confidence = sum(confidence[i] for i in inside) / len(inside)
-            accuracy = sum(correct[i] for i in inside) / len(inside)
-            error += len(inside) / total * abs(mean_confidence - accuracy)
-    return error
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    n = len(x)
-    if n < 3:
-        return None
-    mx, my = sum(x) / n, sum(y) / n
-    vx = sum((v - mx) ** 2 for v in x)
-    vy = sum((v - my) ** 2 for v in y)
-    if vx <= 1e-12 or vy <= 1e-12:
-        return None
-    return sum((a - mx) * (b - my) for a, b in zip(x, y)) / math.sqrt(vx * vy)
 
 
 def _ranks(values: Sequence[float]) -> list[float]:
@@ -134,22 +94,22 @@ def agreement_report(rubric: CompiledRubric, paired: Paired, bootstrap: int = 20
     n = paired.teacher.shape[0]
     both = paired.teacher_answered & paired.student_answered
     per_question: dict[str, dict[str, Any]] = {}
-    tops_t, tops_s, confidences = [], [], []
+    tops_t: list[dict[int, int]] = []
+    tops_s: list[dict[int, int]] = []
     for q, question in enumerate(typed.questions):
         labels = len(question.labels)
         rows = both[:, q].nonzero().flatten().tolist()
         t = _top(paired.teacher[rows, q], labels).tolist() if rows else []
         s = _top(paired.student[rows, q], labels).tolist() if rows else []
-        confidence = paired.student[rows, q, :labels].max(dim=-1).values.tolist() if rows else []
         tops_t.append(dict(zip(rows, t)))
         tops_s.append(dict(zip(rows, s)))
-        confidences.append(dict(zip(rows, confidence)))
         agreement = sum(a == b for a, b in zip(t, s)) / len(rows) if rows else None
-        kappa = cohen_kappa(t, s)
+        kappa = cohen_kappa([str(label) for label in t], [str(label) for label in s])
+        ece = calibration(paired.student[rows, q, :labels].tolist(), t, bins).ece \
+            if rows else None
         entry: dict[str, Any] = {
             "n": len(rows), "agreement": _round(agreement), "kappa": _round(kappa),
-            "ece": _round(expected_calibration_error(confidence, [a == b for a, b in zip(t, s)],
-                                                     bins)),
+            "ece": _round(ece),
         }
         if question.is_gate:
             fail = question.labels.index(str(question.fail_label))

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from qalign_dsl.evaluate.aggregate import CompiledRubric, Masked
-from qalign_dsl.evaluate.agreement import pearson
+from qalign_dsl.evaluate.metrics import pearson
 from qalign_dsl.ir import Rubric
 from qalign_dsl.judge.runtime import Judge, JudgeResult, Sample, judge_from_spec
 from qalign_dsl.judge.spec import AuditSpec

@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from qalign_dsl.validate.labels import BAND_ORDER, DEFAULT_THRESHOLD, LabelledItem, band
-from qalign_dsl.validate.metrics import (
+from qalign_dsl.evaluate.metrics import (
     Calibration,
     accuracy,
     calibration,
@@ -28,6 +27,7 @@ from qalign_dsl.validate.metrics import (
     majority_share,
     redundant_pairs,
 )
+from qalign_dsl.validate.labels import BAND_ORDER, DEFAULT_THRESHOLD, LabelledItem, band
 
 Z_95 = 1.645  # one-sided 5%: kappa must be this many null standard errors above 0
 NO_ANSWER = "—"  # the judge produced no answer (not the question's NA label)

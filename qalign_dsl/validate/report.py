@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from qalign_dsl.evaluate.metrics import Calibration
 from qalign_dsl.validate.core import OutputReport, QuestionReport, Validation
 from qalign_dsl.validate.labels import BAND_ORDER
-from qalign_dsl.validate.metrics import Calibration
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

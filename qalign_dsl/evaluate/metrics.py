@@ -1,4 +1,5 @@
-"""Agreement and calibration metrics between a judge and human labels: pure functions on
+"""Agreement and calibration metrics between two raters — a judge and human labels
+(`qalc validate`), a student and its teacher (evaluate/agreement.py): pure functions on
 plain Python sequences (no torch, no numpy), so they are easy to check by hand.
 
 Conventions: `human` and `judge` are aligned sequences of labels (strings); NA answers are
