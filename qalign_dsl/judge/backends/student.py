@@ -160,9 +160,12 @@ def head_log_softmax(logits: torch.Tensor, meta: StudentMeta) -> torch.Tensor:
 
 
 def weights_digest(folder: Path) -> str:
+    """sha256 over the weight files, read in 16 MiB chunks (checkpoints may be large)."""
     digest = hashlib.sha256()
     for file in sorted(folder.glob("*.safetensors")):
-        digest.update(file.read_bytes())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
