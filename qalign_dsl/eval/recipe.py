@@ -16,6 +16,7 @@ from typing import Any
 import fastjsonschema
 
 from qalign_dsl.executor import EXECUTORS, ExecutorError, ExecutorSpec, executor_from_mapping
+from qalign_dsl.judge.spec import BACKENDS
 from qalign_dsl.recipe_files import MAX_RECIPE_BYTES, read_yaml, validate_recipe
 from qalign_dsl.sources import KINDS, SourceSpec
 
@@ -71,7 +72,7 @@ _JUDGE = {
     "required": ["rubric"],
     "properties": {
         "rubric": {"type": "string", "minLength": 1},
-        "backend": {"enum": ["transformers", "vllm", "openai"]},
+        "backend": {"enum": list(BACKENDS)},  # a distilled `student` classifies too
         "model": {"type": "string", "minLength": 1},
         "base_url": {"type": "string"},
         "flag": {"enum": ["reward_below", "reward_above"]},
