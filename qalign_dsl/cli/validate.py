@@ -323,7 +323,7 @@ def _validate_student(arguments: argparse.Namespace, console: Console) -> int:
     from qalign_dsl.evaluate.agreement import Paired, agreement_report
     from qalign_dsl.judge.backend import JudgeError
     from qalign_dsl.judge.runtime import Sample
-    from qalign_dsl.training.distill import _targets
+    from qalign_dsl.training.distill import answer_tensors
 
     checks.positive_int("--batch-size", arguments.batch_size, 100_000)
     checks.backend_options(arguments)
@@ -350,7 +350,7 @@ def _validate_student(arguments: argparse.Namespace, console: Console) -> int:
     finally:
         if cache is not None:
             cache.close()
-    teacher, teacher_answered = _targets(rubric.rubric, examples)
+    teacher, teacher_answered = answer_tensors(rubric.rubric, examples)
     width = teacher.shape[-1]
     student = torch.cat(probabilities)[..., :width]
     report = agreement_report(rubric, Paired(teacher, teacher_answered, student,

@@ -126,7 +126,7 @@ def context_of(tokenizer: Any, config: Any) -> int:
     return min(known) if known else 512
 
 
-def _targets(rubric: Rubric, examples: Sequence[TeacherExample]
+def answer_tensors(rubric: Rubric, examples: Sequence[TeacherExample]
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, Q, L] teacher distributions (zero-padded) and [N, Q] answered."""
     width = max(len(q.labels) for q in rubric.questions)
@@ -252,7 +252,7 @@ def distill(rubric: Rubric, examples: Sequence[TeacherExample], settings: Distil
     device = torch.device(settings.device)
     model.to(device)  # type: ignore[arg-type]
 
-    targets, answered = _targets(rubric, examples)
+    targets, answered = answer_tensors(rubric, examples)
     flat_targets = _flat(meta, targets)
     train_rows = [ids[e.id] for e in train]
     held_rows = [ids[e.id] for e in heldout]
