@@ -333,3 +333,27 @@ def test_short_circuit_with_a_student_keeps_the_reward(world: dict[str, Path]) -
         result = judge_from_spec(micro(), spec, short_circuit=mode).score(samples)
         rewards.append(compiled.evaluate(result.probabilities, result.answered).reward.to_list())
     assert rewards[0] == rewards[1]
+
+
+def test_learned_thresholds_escalate_per_question(world: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`thresholds: learned`: each head's threshold from the held-out split (the lowest
+    confidence from which it agrees with the teacher 95% of the time) decides alone."""
+    heads = json.loads((world["student"] / "qalign_student.json").read_text())["heads"]
+    thresholds = {h["id"]: h["threshold"] for h in heads}
+    assert all(t is not None and 0.0 < t <= 1.0 for t in thresholds.values()), thresholds
+    data = write_jsonl(tmp_path / "few.jsonl", read_jsonl(world["data"])[:24])
+    common = ["score", str(world["compiled"]), str(data), "--backend", "student", "--judge",
+              str(world["student"]), "--no-cache"]
+    assert main([*common, "-o", str(tmp_path / "student.jsonl")]) == 0
+    # (The output's 6 decimals cannot tell a confidence from a threshold within 1e-6.)
+    gaps = [max(answer.values()) - thresholds[question]
+            for row in read_jsonl(tmp_path / "student.jsonl")
+            for question, answer in row["answers"].items()]
+    below, ties = sum(g < -1e-6 for g in gaps), sum(abs(g) <= 1e-6 for g in gaps)
+    capsys.readouterr()
+    assert main([*common, "--cascade-judge", str(world["teacher"]), "--cascade-thresholds",
+                 "learned", "-o", str(tmp_path / "learned.jsonl")]) == 0
+    err = capsys.readouterr().err
+    escalated = int(err.split("cascade: ")[1].split(" of ")[0])
+    assert below <= escalated <= below + ties, (err, thresholds)
