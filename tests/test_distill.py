@@ -357,3 +357,34 @@ def test_learned_thresholds_escalate_per_question(world: dict[str, Path], tmp_pa
     err = capsys.readouterr().err
     escalated = int(err.split("cascade: ")[1].split(" of ")[0])
     assert below <= escalated <= below + ties, (err, thresholds)
+
+
+@pytest.mark.vllm
+def test_vllm_serves_the_student_folder_as_a_classifier(world: dict[str, Path]) -> None:
+    """The folder is a standard sequence classifier: vLLM's pooling runner loads it without
+    our code, and its outputs, renormalized within each question, are the student's."""
+    import torch
+
+    from qalign_dsl.judge.backends.student import StudentBackend
+    from qalign_dsl.judge.student import conversation_text
+
+    python = Path(os.environ.get("QALC_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+    if not python.exists():
+        pytest.skip(f"no vLLM environment at {python} (set QALC_VLLM_PYTHON)")
+    backend = StudentBackend(str(world["student"]))
+    pairs = [(r["prompt"], r["response"]) for r in read_jsonl(world["data"])[:4]]
+    sequences = [backend.encode(conversation_text(backend.tokenizer, p, r,
+                                                  backend.meta.input_format))
+                 for p, r in pairs]
+    completed = subprocess.run(
+        [str(python), str(ROOT / "tests" / "vllm_student_check.py"), str(world["student"]),
+         json.dumps(sequences)], capture_output=True, text=True, timeout=900,
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert completed.returncode == 0 and lines, completed.stderr[-3000:]
+    served = torch.tensor(json.loads(lines[0][len("RESULT "):]))
+    heads = torch.cat([served[:, h.offset: h.offset + len(h.labels)]
+                       / served[:, h.offset: h.offset + len(h.labels)].sum(-1, keepdim=True)
+                       for h in backend.meta.heads], dim=-1)
+    ours, _ = backend.score_samples(pairs)
+    assert (heads - ours).abs().max() < 2e-3
