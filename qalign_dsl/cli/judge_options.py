@@ -170,9 +170,7 @@ def build_judge(arguments: argparse.Namespace, document: Any, console: Console,
         answer_cache = open_answer_cache(cache)
         judge = make_judge(arguments, document, answer_cache, **options)
         if load_weights:
-            for loaded in (judge, getattr(judge.cascade, "teacher", None)):
-                if loaded is not None and hasattr(loaded.backend, "load"):
-                    loaded.backend.load()
+            judge.load()
         return judge
     except (JudgeError, LabelTokenError) as error:
         console.print(f"judge: {error}", style="red", markup=False)

@@ -276,10 +276,7 @@ class ScoreWorker:
             judge = judge_from_spec(self.document, self.spec, open_answer_cache(self.cache),
                                     api_key=self.api_key, normalization=self.normalization,
                                     short_circuit=self.spec.short_circuit)
-            teacher = judge.cascade.teacher if judge.cascade is not None else None
-            for loaded in (judge, teacher):  # once per actor, before its first task
-                if loaded is not None and hasattr(loaded.backend, "load"):
-                    loaded.backend.load()
+            judge.load()  # once per actor, before its first task
         except (JudgeError, LabelTokenError, BadInput) as error:
             raise WorkerError(str(error)) from None
         rubric = CompiledRubric(self.document)

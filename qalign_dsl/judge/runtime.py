@@ -118,6 +118,15 @@ class Judge:
         # `reward`: judge in rounds, skipping what cannot change the reward (short_circuit.py).
         self.short_circuit = ShortCircuit(self.rubric) if short_circuit == "reward" else None
 
+    def load(self) -> None:
+        """Load the weights of every model this judge runs now — its backend's and a cascade
+        teacher's — where a backend loads lazily (a server or an actor fails at start, not
+        on its first request)."""
+        teacher = self.cascade.teacher if self.cascade is not None else None
+        for judge in (self, teacher):
+            if judge is not None and hasattr(judge.backend, "load"):
+                judge.backend.load()
+
     def _fingerprint(self, q: int, identity: str) -> str:
         """What the judge's answer to question q depends on, besides the sample: its full
         prompt program and labels. Pooling changes leave it unchanged, so re-pooling never

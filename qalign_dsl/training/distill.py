@@ -33,7 +33,7 @@ import torch
 from qalign_dsl.evaluate.aggregate import CompiledRubric
 from qalign_dsl.evaluate.agreement import Paired, agreement_report, learned_thresholds
 from qalign_dsl.ir import Rubric
-from qalign_dsl.judge.backends.student import forward_logits, head_log_softmax
+from qalign_dsl.judge.backends.student import forward_logits, head_log_softmax, head_softmax
 from qalign_dsl.judge.student import (
     STUDENT_FILE,
     StudentMeta,
@@ -364,7 +364,7 @@ def distill(rubric: Rubric, examples: Sequence[TeacherExample], settings: Distil
     with torch.no_grad():
         done = 0
         for rows in batches(held_rows):
-            probabilities = head_log_softmax(run(rows).float().cpu(), meta).exp()
+            probabilities = head_softmax(run(rows).float().cpu(), meta)
             student[done: done + len(rows)] = _unflat(meta, probabilities, width)
             done += len(rows)
     reliable = torch.tensor([h.reliable for h in heads], dtype=torch.bool)
